@@ -2,4 +2,14 @@
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from trichannels.testing._communicators import (
+    ApplicationCommunicator as ApplicationCommunicator,
+    HttpCommunicator as HttpCommunicator,
+    WebsocketCommunicator as WebsocketCommunicator,
+)
+
+__all__ = [
+    "ApplicationCommunicator",
+    "HttpCommunicator",
+    "WebsocketCommunicator",
+]
