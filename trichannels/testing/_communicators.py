@@ -109,9 +109,19 @@ class ApplicationCommunicator:
             # The test body's exception (if any) is not handed to the task group,
             # so it propagates unwrapped rather than inside an exception group.
             await tg.__aexit__(None, None, None)
+            self._close_streams()
         if exc is None:
             self._raise_unsurfaced()
         return False
+
+    def _close_streams(self) -> None:
+        for stream in (
+            self._input_send,
+            self._input_receive,
+            self._output_send,
+            self._output_receive,
+        ):
+            stream.close()
 
     async def _finish(self) -> None:
         """Ask the application to end (protocol-specific), wait briefly, then give up."""
@@ -120,7 +130,13 @@ class ApplicationCommunicator:
             await self._done.wait()
 
     async def _request_end(self) -> None:
-        """Send whatever tells the application its connection ended (nothing by default)."""
+        """Tell the application its connection ended, where the protocol has a way to."""
+        kind = self.scope["type"]
+        if kind == "websocket":
+            self._input_send.send_nowait({"type": "websocket.disconnect", "code": 1000, "reason": ""})
+        elif kind == "http":
+            self._input_send.send_nowait({"type": "http.disconnect"})
+        await anyio.lowlevel.checkpoint()
 
     def _start(self, tg: TaskGroup) -> None:
         self._started = True
@@ -423,10 +439,6 @@ class WebsocketCommunicator(ApplicationCommunicator):
         self.closed = True
         await self.wait(timeout)
 
-    async def _request_end(self) -> None:
-        self._input_send.send_nowait({"type": "websocket.disconnect", "code": 1000, "reason": ""})
-        await anyio.lowlevel.checkpoint()
-
 
 @final
 class HttpCommunicator(ApplicationCommunicator):
@@ -510,7 +522,3 @@ class HttpCommunicator(ApplicationCommunicator):
             "headers": list(start.get("headers", [])),
             "body": bytes(body),
         }
-
-    async def _request_end(self) -> None:
-        self._input_send.send_nowait({"type": "http.disconnect"})
-        await anyio.lowlevel.checkpoint()

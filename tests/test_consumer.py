@@ -1,0 +1,444 @@
+"""AsyncConsumer / SyncConsumer: dispatch, lifetimes, errors, cancellation."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from typing import Any
+
+import anyio
+import pytest
+import trio
+import trio.testing
+
+from trichannels.consumer import AsyncConsumer, SyncConsumer, get_handler_name
+from trichannels.exceptions import StopConsumer
+from trichannels.testing import ApplicationCommunicator
+from trichannels.types import Message
+
+SCOPE = {"type": "websocket", "path": "/ws/test/"}
+
+
+class Recorder(AsyncConsumer):
+    """Records every event it handles; echoes 'websocket.receive' as 'websocket.send'."""
+
+    channel_layer_alias = None
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.events: list[str] = []
+
+    async def websocket_connect(self, message: Message) -> None:
+        self.events.append("connect")
+        await self.send({"type": "websocket.accept"})
+
+    async def websocket_receive(self, message: Message) -> None:
+        self.events.append(message["text"])
+        await self.send({"type": "websocket.send", "text": message["text"]})
+
+    async def websocket_disconnect(self, message: Message) -> None:
+        self.events.append("disconnect")
+        raise StopConsumer
+
+
+async def test_events_dispatched_in_order() -> None:
+    """Events reach their handlers one at a time, in arrival order."""
+    consumer = Recorder()
+    async with ApplicationCommunicator(consumer, SCOPE) as comm:
+        await comm.send_input({"type": "websocket.connect"})
+        for text in ["a", "b", "c"]:
+            await comm.send_input({"type": "websocket.receive", "text": text})
+        assert (await comm.receive_output())["type"] == "websocket.accept"
+        assert [(await comm.receive_output())["text"] for _ in range(3)] == ["a", "b", "c"]
+        await comm.send_input({"type": "websocket.disconnect", "code": 1000})
+        await comm.wait()
+    assert consumer.events == ["connect", "a", "b", "c", "disconnect"]
+
+
+async def test_as_asgi_makes_fresh_instance_per_connection() -> None:
+    """as_asgi() builds one instance per connection and applies initkwargs to it."""
+    seen: list[int] = []
+
+    class Counter(AsyncConsumer):
+        channel_layer_alias = None
+        start = 0
+
+        async def websocket_connect(self, message: Message) -> None:
+            seen.append(id(self))
+            self.start += 1
+            await self.send({"type": "websocket.accept", "subprotocol": str(self.start)})
+
+    app = Counter.as_asgi(start=41)
+    for _ in range(2):
+        async with ApplicationCommunicator(app, SCOPE) as comm:
+            await comm.send_input({"type": "websocket.connect"})
+            assert (await comm.receive_output())["subprotocol"] == "42"
+    assert len(set(seen)) == 2
+    assert app.consumer_class is Counter  # type: ignore[attr-defined]
+    assert app.__name__ == "Counter"
+
+
+def test_as_asgi_rejects_unknown_initkwargs() -> None:
+    """Unknown initkwargs fail at as_asgi() time, naming them."""
+    with pytest.raises(
+        TypeError,
+        match=r"^Recorder\.as_asgi\(\) got unexpected keyword argument\(s\) 'bogus', 'other'; only existing class attributes can be set$",
+    ):
+        Recorder.as_asgi(other=1, bogus=2)
+
+
+def test_as_asgi_rejects_method_override() -> None:
+    """An initkwarg may not replace a method of the consumer."""
+    with pytest.raises(TypeError, match=r"^Recorder\.as_asgi\(\) keyword argument\(s\) 'send' would replace"):
+        Recorder.as_asgi(send=print)
+
+
+@pytest.mark.parametrize(
+    ("message", "exc", "pattern"),
+    [
+        ("not a dict", TypeError, r"^an event must be a mapping with a 'type' key, got 'not a dict'$"),
+        ({"text": "x"}, ValueError, r"^event has no 'type' key: \{'text': 'x'\}$"),
+        ({"type": 5}, TypeError, r"^event 'type' must be a str, got 5 in \{'type': 5\}$"),
+        (
+            {"type": "_secret"},
+            ValueError,
+            r"^event type '_secret' maps to handler name '_secret', which starts with an underscore",
+        ),
+        (
+            {"type": ".x"},
+            ValueError,
+            r"^event type '\.x' maps to handler name '_x', which starts with an underscore",
+        ),
+    ],
+)
+def test_get_handler_name_bad_input(message: Any, exc: type[Exception], pattern: str) -> None:
+    """Malformed events raise a specific exception naming the value."""
+    with pytest.raises(exc, match=pattern):
+        get_handler_name(message)
+
+
+async def test_missing_handler_raises_naming_type(caplog: pytest.LogCaptureFixture) -> None:
+    """An event with no handler ends the instance with ValueError naming the type."""
+    async with ApplicationCommunicator(Recorder(), SCOPE) as comm:
+        await comm.send_input({"type": "websocket.frobnicate"})
+        with pytest.raises(
+            ValueError,
+            match=r"^no handler for message type 'websocket\.frobnicate': Recorder has no method 'websocket_frobnicate'$",
+        ):
+            await comm.wait()
+
+
+async def test_malformed_protocol_event_ends_instance() -> None:
+    """A server event without 'type' surfaces as an error from the instance."""
+    async with ApplicationCommunicator(Recorder(), SCOPE) as comm:
+        comm._input_send.send_nowait({"no": "type"})  # bypass send_input's own check
+        with pytest.raises(ValueError, match=r"^event has no 'type' key"):
+            await comm.wait()
+
+
+async def test_handler_exception_propagates_and_nothing_keeps_running(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A handler's exception is logged once, cancels child tasks, and propagates unwrapped."""
+    child_finally = trio.Event()
+
+    class Boom(Recorder):
+        async def websocket_connect(self, message: Message) -> None:
+            self.start_soon(self.child)
+            await trio.testing.wait_all_tasks_blocked()
+            raise KeyError("boom")
+
+        async def child(self) -> None:
+            try:
+                await trio.sleep_forever()
+            finally:
+                child_finally.set()
+
+    caplog.set_level(logging.ERROR, logger="trichannels.consumer")
+    async with ApplicationCommunicator(Boom(), SCOPE) as comm:
+        await comm.send_input({"type": "websocket.connect"})
+        with pytest.raises(KeyError, match="boom"):
+            await comm.wait()
+    assert child_finally.is_set()
+    records = [r for r in caplog.records if r.name == "trichannels.consumer"]
+    assert len(records) == 1
+    assert records[0].getMessage() == "Unhandled exception in test_handler_exception_propagates_and_nothing_keeps_running.<locals>.Boom for websocket /ws/test/"
+
+
+async def test_child_task_exception_ends_instance() -> None:
+    """A child task's exception ends the instance like a handler's would."""
+
+    class ChildFails(Recorder):
+        async def websocket_connect(self, message: Message) -> None:
+            self.start_soon(self.child)
+
+        async def child(self) -> None:
+            raise RuntimeError("child failed")
+
+    async with ApplicationCommunicator(ChildFails(), SCOPE) as comm:
+        await comm.send_input({"type": "websocket.connect"})
+        with pytest.raises(RuntimeError, match="^child failed$"):
+            await comm.wait()
+
+
+async def test_child_task_cancelled_on_disconnect() -> None:
+    """A child task is cancelled when the client disconnects, and its finally runs."""
+    log: list[str] = []
+
+    class WithChild(Recorder):
+        async def websocket_connect(self, message: Message) -> None:
+            self.start_soon(self.heartbeat)
+            await self.send({"type": "websocket.accept"})
+
+        async def heartbeat(self) -> None:
+            try:
+                log.append("started")
+                await trio.sleep_forever()
+            finally:
+                log.append("finally")
+
+    async with ApplicationCommunicator(WithChild(), SCOPE) as comm:
+        await comm.send_input({"type": "websocket.connect"})
+        await comm.receive_output()
+        await trio.testing.wait_all_tasks_blocked()
+        assert log == ["started"]
+        await comm.send_input({"type": "websocket.disconnect", "code": 1000})
+        await comm.wait()
+    assert log == ["started", "finally"]
+
+
+async def test_stop_consumer_from_child_ends_cleanly() -> None:
+    """StopConsumer raised in a child task ends the instance without an error."""
+
+    class Stops(Recorder):
+        async def websocket_connect(self, message: Message) -> None:
+            self.start_soon(self.stopper)
+
+        async def stopper(self) -> None:
+            raise StopConsumer
+
+    async with ApplicationCommunicator(Stops(), SCOPE) as comm:
+        await comm.send_input({"type": "websocket.connect"})
+        await comm.wait()
+    assert comm.finished
+
+
+async def test_busy_handler_cancelled_after_close_timeout(autojump_clock: trio.testing.MockClock) -> None:
+    """A handler still busy at disconnect gets close_timeout seconds, then is cancelled."""
+    log: list[tuple[str, float]] = []
+
+    class Slow(Recorder):
+        close_timeout = 3.0
+
+        async def websocket_receive(self, message: Message) -> None:
+            try:
+                await trio.sleep_forever()
+            finally:
+                log.append(("handler cancelled", trio.current_time()))
+
+        async def websocket_disconnect(self, message: Message) -> None:
+            log.append(("disconnect", trio.current_time()))
+
+    start = trio.current_time()
+    async with ApplicationCommunicator(Slow(), SCOPE) as comm:
+        await comm.send_input({"type": "websocket.receive", "text": "x"})
+        await trio.sleep(1)
+        await comm.send_input({"type": "websocket.disconnect", "code": 1001})
+        await comm.wait(timeout=10)
+    assert log == [("handler cancelled", start + 4.0), ("disconnect", start + 4.0)]
+
+
+async def test_handler_that_finishes_in_grace_is_not_cancelled(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A busy handler that finishes within close_timeout completes; disconnect runs right after."""
+    log: list[tuple[str, float]] = []
+
+    class Slowish(Recorder):
+        close_timeout = 3.0
+
+        async def websocket_receive(self, message: Message) -> None:
+            await trio.sleep(2)
+            log.append(("handler done", trio.current_time()))
+
+        async def websocket_disconnect(self, message: Message) -> None:
+            log.append(("disconnect", trio.current_time()))
+
+    start = trio.current_time()
+    async with ApplicationCommunicator(Slowish(), SCOPE) as comm:
+        await comm.send_input({"type": "websocket.receive", "text": "x"})
+        await comm.send_input({"type": "websocket.receive", "text": "queued, never handled"})
+        await comm.send_input({"type": "websocket.disconnect", "code": 1001})
+        await comm.wait(timeout=10)
+    assert log == [("handler done", start + 2.0), ("disconnect", start + 2.0)]
+
+
+async def test_stuck_disconnect_handler_and_child_cancelled(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """After disconnect, a stuck disconnect handler is cancelled at close_timeout; the instance returns."""
+    log: list[tuple[str, float]] = []
+
+    class Stuck(Recorder):
+        close_timeout = 2.5
+
+        async def websocket_connect(self, message: Message) -> None:
+            self.start_soon(self.child)
+
+        async def child(self) -> None:
+            try:
+                await trio.sleep_forever()
+            finally:
+                log.append(("child cancelled", trio.current_time()))
+
+        async def websocket_disconnect(self, message: Message) -> None:
+            try:
+                await trio.sleep_forever()
+            finally:
+                log.append(("disconnect cancelled", trio.current_time()))
+
+    start = trio.current_time()
+    async with ApplicationCommunicator(Stuck(), SCOPE) as comm:
+        await comm.send_input({"type": "websocket.connect"})
+        await comm.send_input({"type": "websocket.disconnect", "code": 1000})
+        await comm.wait(timeout=10)
+    assert log == [("disconnect cancelled", start + 2.5), ("child cancelled", start + 2.5)]
+
+
+async def test_start_soon_outside_instance() -> None:
+    """start_soon() before the instance runs raises RuntimeError."""
+
+    async def nothing() -> None:
+        pass
+
+    with pytest.raises(RuntimeError, match=r"^Recorder\.start_soon\(\) called while the instance is not running$"):
+        Recorder().start_soon(nothing)
+
+
+async def test_cancellation_passes_through() -> None:
+    """Cancelling the server's task cancels the instance; Cancelled is not swallowed."""
+    finally_ran = False
+
+    class Waits(Recorder):
+        async def websocket_connect(self, message: Message) -> None:
+            nonlocal finally_ran
+            try:
+                await trio.sleep_forever()
+            finally:
+                finally_ran = True
+
+    send_in, receive_in = trio.open_memory_channel[Message](1)
+    await send_in.send({"type": "websocket.connect"})
+
+    async def server_send(message: Message) -> None:
+        pass
+
+    with trio.move_on_after(0.5) as scope:
+        await Waits()(dict(SCOPE), receive_in.receive, server_send)
+    assert scope.cancelled_caught
+    assert finally_ran
+
+
+class ThreadRecorder(SyncConsumer):
+    channel_layer_alias = None
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.threads: list[int] = []
+
+    def websocket_connect(self, message: Message) -> None:
+        self.threads.append(threading.get_ident())
+        self.send({"type": "websocket.accept"})
+
+    def websocket_receive(self, message: Message) -> None:
+        self.threads.append(threading.get_ident())
+        self.send({"type": "websocket.send", "text": message["text"].upper()})
+
+    def websocket_disconnect(self, message: Message) -> None:
+        self.threads.append(threading.get_ident())
+        raise StopConsumer
+
+
+async def test_sync_consumer_handlers_on_one_thread_per_instance() -> None:
+    """All sync handlers of one connection run on one thread, not the loop's; send is sync."""
+    consumers = [ThreadRecorder(), ThreadRecorder()]
+    with trio.fail_after(10):
+        async with (
+            ApplicationCommunicator(consumers[0], SCOPE) as a,
+            ApplicationCommunicator(consumers[1], SCOPE) as b,
+        ):
+            for comm in (a, b):
+                await comm.send_input({"type": "websocket.connect"})
+                assert (await comm.receive_output())["type"] == "websocket.accept"
+            for text in ["x", "y"]:
+                for comm in (a, b):
+                    await comm.send_input({"type": "websocket.receive", "text": text})
+                    assert (await comm.receive_output())["text"] == text.upper()
+            for comm in (a, b):
+                await comm.send_input({"type": "websocket.disconnect", "code": 1000})
+                await comm.wait()
+    for consumer in consumers:
+        assert len(consumer.threads) == 4
+        assert len(set(consumer.threads)) == 1
+        assert consumer.threads[0] != threading.get_ident()
+
+
+async def test_sync_consumers_do_not_queue_behind_each_other() -> None:
+    """Two connections' sync handlers run concurrently (each instance has its own thread)."""
+    barrier = threading.Barrier(2, timeout=5)
+
+    class Meets(SyncConsumer):
+        channel_layer_alias = None
+
+        def websocket_connect(self, message: Message) -> None:
+            barrier.wait()  # deadlocks (BrokenBarrierError) if the two run one after another
+            self.send({"type": "websocket.accept"})
+
+    with trio.fail_after(10):
+        async with (
+            ApplicationCommunicator(Meets(), SCOPE) as a,
+            ApplicationCommunicator(Meets(), SCOPE) as b,
+        ):
+            await a.send_input({"type": "websocket.connect"})
+            await b.send_input({"type": "websocket.connect"})
+            assert (await a.receive_output(timeout=5))["type"] == "websocket.accept"
+            assert (await b.receive_output(timeout=5))["type"] == "websocket.accept"
+
+
+def test_consumer_neutral(backend: str) -> None:
+    """Dispatch, child-task cancellation and errors behave the same on asyncio and trio."""
+
+    async def body() -> None:
+        log: list[str] = []
+
+        class Neutral(Recorder):
+            async def websocket_connect(self, message: Message) -> None:
+                self.start_soon(self.child)
+                await self.send({"type": "websocket.accept"})
+
+            async def child(self) -> None:
+                try:
+                    await anyio.sleep_forever()
+                finally:
+                    log.append("child finally")
+
+        async with ApplicationCommunicator(Neutral(), SCOPE) as comm:
+            await comm.send_input({"type": "websocket.connect"})
+            assert (await comm.receive_output())["type"] == "websocket.accept"
+            await comm.send_input({"type": "websocket.receive", "text": "hi"})
+            assert (await comm.receive_output())["text"] == "hi"
+            await comm.send_input({"type": "websocket.disconnect", "code": 1000})
+            await comm.wait()
+        assert log == ["child finally"]
+
+        class Fails(Recorder):
+            async def websocket_connect(self, message: Message) -> None:
+                raise ZeroDivisionError("nope")
+
+        async with ApplicationCommunicator(Fails(), SCOPE) as comm:
+            await comm.send_input({"type": "websocket.connect"})
+            with pytest.raises(ZeroDivisionError, match=re.escape("nope")):
+                await comm.wait()
+
+    anyio.run(body, backend=backend)

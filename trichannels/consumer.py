@@ -1,0 +1,532 @@
+"""Consumers: one application instance per connection, one task group per instance.
+
+A consumer class is turned into an ASGI application with :meth:`AsyncConsumer.as_asgi`.
+Each connection gets a fresh instance whose :meth:`~AsyncConsumer.__call__` opens a
+task group. Inside it, one task reads the server's ``receive`` and, when a channel
+layer is configured, one task reads the instance's layer channel; both feed a single
+queue from which events are dispatched **one at a time, in arrival order**, to the
+method named after the event's ``type`` (``"chat.message"`` -> ``chat_message``).
+
+Guarantees:
+
+* Nothing the instance starts outlives it: child tasks started with
+  :meth:`AsyncConsumer.start_soon` are cancelled and awaited before ``__call__``
+  returns.
+* The disconnect event is never starved. When the client goes away while a handler is
+  still running, the instance notices at once, lets the busy handler run for at most
+  :attr:`AsyncConsumer.close_timeout` seconds, cancels it if needed, then runs the
+  disconnect handler (bounded by the same timeout) and ends.
+* An unhandled exception in a handler or a child task is logged once (with the
+  scope's type and path), every other task of the instance is cancelled, and the
+  exception propagates to the server unchanged (not wrapped in an exception group).
+* Channel-layer events may only reach methods a consumer defines for events: a layer
+  message whose type names one of trichannels' own consumer methods (``send``,
+  ``close``, ``accept``, ``dispatch``, protocol handlers such as
+  ``websocket_receive``, ...) is refused with a :class:`RefusedLayerMessage` error and
+  a log line, and the method is never called.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Final
+
+import anyio
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from trichannels.exceptions import StopConsumer
+from trichannels.sync import ThreadSensitiveContext, async_to_sync, sync_to_async
+
+from trichannels.types import Message
+
+if TYPE_CHECKING:
+    from trichannels.layers.base import BaseChannelLayer
+    from trichannels.types import ASGIApp, Receive, Scope, Send
+
+__all__ = [
+    "AsyncConsumer",
+    "RefusedLayerMessage",
+    "SyncConsumer",
+    "get_handler_name",
+]
+
+logger = logging.getLogger("trichannels.consumer")
+
+_REPR_LIMIT: Final = 200
+
+
+def _short_repr(value: object) -> str:
+    text = repr(value)
+    if len(text) > _REPR_LIMIT:
+        return text[: _REPR_LIMIT - 3] + "..."
+    return text
+
+
+class RefusedLayerMessage(ValueError):
+    """A channel-layer message named a method that is not an event handler.
+
+    Raised (and logged) when a layer message's ``type`` maps to one of the
+    consumer's own API methods, or to something that is not a method. The
+    method is never called. Protocol events from the server are not subject
+    to this rule.
+
+    Attributes:
+        message_type: the ``type`` of the refused message.
+        handler_name: the attribute name it mapped to.
+    """
+
+    def __init__(self, message_type: str, handler_name: str, reason: str) -> None:
+        self.message_type = message_type
+        self.handler_name = handler_name
+        super().__init__(
+            f"refusing channel-layer message of type {message_type!r}: "
+            f"{handler_name!r} {reason}"
+        )
+
+
+def get_handler_name(message: object) -> str:
+    """Return the handler method name for an event: its ``type`` with ``.`` -> ``_``.
+
+    Raises:
+        TypeError: the message is not a mapping, or its ``type`` is not a string.
+        ValueError: the message has no ``type``, or the handler name would start
+            with an underscore (private names are never dispatched to).
+    """
+    if not isinstance(message, Mapping):
+        raise TypeError(
+            f"an event must be a mapping with a 'type' key, got {_short_repr(message)}"
+        )
+    try:
+        message_type = message["type"]
+    except KeyError:
+        raise ValueError(f"event has no 'type' key: {_short_repr(message)}") from None
+    if not isinstance(message_type, str):
+        raise TypeError(
+            f"event 'type' must be a str, got {_short_repr(message_type)} in {_short_repr(message)}"
+        )
+    name = message_type.replace(".", "_")
+    if name.startswith("_"):
+        raise ValueError(
+            f"event type {message_type!r} maps to handler name {name!r}, which starts "
+            "with an underscore; private methods are never dispatched to"
+        )
+    return name
+
+
+_HANDLED: Final = {"type": "channel.handled"}
+
+
+def _is_disconnect(message: Mapping[str, Any]) -> bool:
+    message_type = message.get("type")
+    return isinstance(message_type, str) and message_type.endswith(".disconnect")
+
+
+class AsyncConsumer:
+    """Base class of every consumer; handlers are ``async def`` methods.
+
+    Subclass it and define one ``async def`` method per event type you handle
+    (``websocket.receive`` -> ``websocket_receive``). Serve it with
+    :meth:`as_asgi`.
+
+    Class attributes (each may be overridden per connection via ``as_asgi``):
+        channel_layer_alias: which configured channel layer to attach
+            (``None`` for none). When the alias is not configured at all the
+            consumer simply has no layer (``self.channel_layer is None``).
+        close_timeout: seconds a busy handler may keep running after the
+            client disconnected, and seconds the disconnect handler may take.
+        max_pending_events: how many received events may wait for dispatch
+            before the instance stops reading (back-pressure towards the server).
+        layer_event_handlers: if not ``None``, the only method names channel-layer
+            messages may reach (a strict allowlist).
+
+    Attributes set per instance:
+        scope: the connection scope.
+        channel_layer: the attached layer, or ``None``.
+        channel_name: this instance's layer channel (only when a layer is attached).
+    """
+
+    channel_layer_alias: ClassVar[str | None] = "default"
+    close_timeout: ClassVar[float] = 5.0
+    max_pending_events: ClassVar[int] = 64
+    layer_event_handlers: ClassVar[frozenset[str] | None] = None
+
+    _reserved_cache: ClassVar[frozenset[str] | None] = None
+
+    scope: Scope
+    channel_layer: BaseChannelLayer | None
+    channel_name: str
+    base_send: Send
+
+    def __init__(self, **kwargs: Any) -> None:
+        _check_initkwargs(type(self), kwargs)
+        for key, value in kwargs.items():
+            setattr(self, key, value)
+        self.channel_layer = None
+        self._task_group: TaskGroup | None = None
+        self._error: Exception | None = None
+        self._stopping = False
+        self._disconnect_message: Message | None = None
+        self._wait_scope: anyio.CancelScope | None = None
+        self._handler_scope: anyio.CancelScope | None = None
+
+    # -- construction ----------------------------------------------------------
+
+    @classmethod
+    def as_asgi(cls, **initkwargs: Any) -> ASGIApp:
+        """Return an ASGI application that runs a fresh instance per connection.
+
+        ``initkwargs`` override class attributes on each instance. They are
+        checked now, not when the first connection arrives.
+
+        Raises:
+            TypeError: a keyword names no class attribute, or would replace a
+                method of the consumer.
+        """
+        _check_initkwargs(cls, initkwargs)
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            consumer = cls(**initkwargs)
+            await consumer(scope, receive, send)
+
+        app.consumer_class = cls  # type: ignore[attr-defined]
+        app.consumer_initkwargs = initkwargs  # type: ignore[attr-defined]
+        functools.update_wrapper(app, cls, updated=())
+        return app
+
+    # -- the instance ----------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run this instance for one connection; returns when the connection ends."""
+        self.scope = scope
+        self.base_send = send
+        self._is_worker = scope.get("type") == "channel"
+        layer = self._attach_layer()
+        if layer is not None:
+            self.channel_layer = layer
+            self.channel_name = await layer.new_channel()
+        async with ThreadSensitiveContext():
+            await self._run(receive, layer)
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _attach_layer(self) -> BaseChannelLayer | None:
+        alias = self.channel_layer_alias
+        if alias is None:
+            return None
+        from trichannels.layers import channel_layers  # noqa: PLC0415 - import cycle
+
+        return channel_layers.lookup(alias)
+
+    async def _run(self, receive: Receive, layer: BaseChannelLayer | None) -> None:
+        events_in, events_out = anyio.create_memory_object_stream[tuple[bool, Message]](
+            self.max_pending_events
+        )
+        try:
+            async with anyio.create_task_group() as tg:
+                self._task_group = tg
+                tg.start_soon(self._read_protocol, receive, events_in.clone())
+                if layer is not None:
+                    tg.start_soon(self._read_layer, layer, events_in.clone())
+                events_in.close()
+                try:
+                    await self._dispatch_loop(events_out)
+                except StopConsumer:
+                    pass
+                except Exception as exc:
+                    self._fail(exc)
+                tg.cancel_scope.cancel()
+        finally:
+            self._task_group = None
+            self._stopping = True
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self.close_timeout):
+                await self._instance_cleanup()
+            self._drop_undelivered(events_out, layer)
+
+    async def _dispatch_loop(self, events: MemoryObjectReceiveStream[tuple[bool, Message]]) -> None:
+        while self._disconnect_message is None:
+            with anyio.CancelScope() as wait_scope:
+                self._wait_scope = wait_scope
+                try:
+                    from_layer, message = await events.receive()
+                except anyio.EndOfStream:
+                    break
+            self._wait_scope = None
+            if wait_scope.cancelled_caught or self._disconnect_message is not None:
+                continue
+            with anyio.CancelScope() as handler_scope:
+                self._handler_scope = handler_scope
+                if from_layer:
+                    await self._dispatch_layer_event(message)
+                else:
+                    await self.dispatch(message)
+                    if self._is_worker:
+                        # Tell the worker the message was handled (it acknowledges it).
+                        await self.base_send(_HANDLED)
+            self._handler_scope = None
+            if handler_scope.cancelled_caught and self._disconnect_message is None:
+                # Only a disconnect cancels a handler scope; anything else is a bug.
+                raise RuntimeError("handler cancelled without a disconnect")  # pragma: no cover
+
+        self._wait_scope = None
+        disconnect = self._disconnect_message
+        if disconnect is None:
+            return
+        name = get_handler_name(disconnect)
+        if not callable(getattr(self, name, None)):
+            return  # nothing to run: the connection is over either way
+        with anyio.move_on_after(self.close_timeout) as scope:
+            await self.dispatch(disconnect)
+        if scope.cancelled_caught:
+            logger.warning(
+                "%s: disconnect handler for %s %s did not finish within close_timeout=%ss; cancelled",
+                type(self).__qualname__,
+                self.scope.get("type"),
+                self.scope.get("path"),
+                self.close_timeout,
+            )
+
+    async def _read_protocol(
+        self, receive: Receive, events: MemoryObjectSendStream[tuple[bool, Message]]
+    ) -> None:
+        async with events:
+            try:
+                while True:
+                    message = await receive()
+                    get_handler_name(message)  # validate before queueing
+                    if _is_disconnect(message):
+                        self._notice_disconnect(message)
+                        return
+                    await events.send((False, message))
+            except Exception as exc:
+                self._fail(exc)
+
+    async def _read_layer(
+        self, layer: BaseChannelLayer, events: MemoryObjectSendStream[tuple[bool, Message]]
+    ) -> None:
+        async with events:
+            try:
+                while True:
+                    message = await layer.receive(self.channel_name)
+                    try:
+                        await events.send((True, message))
+                    except BaseException:
+                        # Taken from the layer but never queued: make the loss visible.
+                        layer.record_dropped(1)
+                        logger.warning(
+                            "%s: dropped 1 channel-layer message of type %r for %s: the instance ended",
+                            type(self).__qualname__,
+                            message.get("type"),
+                            self.channel_name,
+                        )
+                        raise
+            except Exception as exc:
+                self._fail(exc)
+
+    def _notice_disconnect(self, message: Message) -> None:
+        """Record the disconnect and make sure no handler can starve it."""
+        if self._disconnect_message is not None:
+            return
+        self._disconnect_message = message
+        if self._wait_scope is not None:
+            self._wait_scope.cancel()
+        busy = self._handler_scope
+        if busy is not None and self._task_group is not None:
+            self._task_group.start_soon(self._cancel_after_grace, busy)
+
+    async def _cancel_after_grace(self, scope: anyio.CancelScope) -> None:
+        await anyio.sleep(self.close_timeout)
+        if self._handler_scope is scope:
+            logger.warning(
+                "%s: handler still running %ss after the client disconnected from %s %s; cancelled",
+                type(self).__qualname__,
+                self.close_timeout,
+                self.scope.get("type"),
+                self.scope.get("path"),
+            )
+            scope.cancel()
+
+    def _drop_undelivered(
+        self,
+        events: MemoryObjectReceiveStream[tuple[bool, Message]],
+        layer: BaseChannelLayer | None,
+    ) -> None:
+        dropped = 0
+        with events:
+            while True:
+                try:
+                    from_layer, _ = events.receive_nowait()
+                except (anyio.WouldBlock, anyio.EndOfStream):
+                    break
+                dropped += from_layer
+        if dropped and layer is not None:
+            layer.record_dropped(dropped)
+            logger.warning(
+                "%s: dropped %d undispatched channel-layer message(s) for %s: the instance ended",
+                type(self).__qualname__,
+                dropped,
+                self.channel_name,
+            )
+
+    def _fail(self, exc: Exception) -> None:
+        """Record the first unhandled exception, log it once, and end the instance."""
+        if isinstance(exc, StopConsumer):
+            self._stop()
+            return
+        if self._error is None:
+            self._error = exc
+            logger.error(
+                "Unhandled exception in %s for %s %s",
+                type(self).__qualname__,
+                self.scope.get("type"),
+                self.scope.get("path", ""),
+                exc_info=exc,
+            )
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._task_group is not None:
+            self._task_group.cancel_scope.cancel()
+
+    async def _instance_cleanup(self) -> None:
+        """Hook run once when the instance ends, however it ends.
+
+        Runs shielded from cancellation and bounded by :attr:`close_timeout`.
+        Generic consumers use it to leave their groups.
+        """
+
+    # -- dispatch --------------------------------------------------------------
+
+    async def dispatch(self, message: Message) -> None:
+        """Call the handler for ``message`` (a protocol event or an allowed layer event).
+
+        Raises:
+            ValueError: no handler is defined for the message's type (or the
+                type maps to a private name).
+            TypeError: the message is not a mapping with a string ``type``.
+        """
+        handler = self._get_handler(message)
+        await self._call_handler(handler, message)
+
+    def _get_handler(self, message: Message) -> Callable[[Message], Any]:
+        name = get_handler_name(message)
+        handler = getattr(self, name, None)
+        if handler is None or not callable(handler):
+            raise ValueError(
+                f"no handler for message type {message['type']!r}: "
+                f"{type(self).__qualname__} has no method {name!r}"
+            )
+        return handler  # type: ignore[no-any-return]
+
+    async def _call_handler(self, handler: Callable[[Message], Any], message: Message) -> None:
+        await handler(message)
+
+    async def _dispatch_layer_event(self, message: Message) -> None:
+        name = get_handler_name(message)
+        reason = self._refusal_reason(name)
+        if reason is not None:
+            error = RefusedLayerMessage(message["type"], name, reason)
+            logger.error(
+                "%s (%s): %s", type(self).__qualname__, getattr(self, "channel_name", "?"), error
+            )
+            raise error
+        await self.dispatch(message)
+
+    def _refusal_reason(self, name: str) -> str | None:
+        allowed = self.layer_event_handlers
+        if allowed is not None:
+            if name in allowed:
+                return None
+            return "is not in the consumer's layer_event_handlers"
+        if name in _reserved_names(type(self)):
+            return "is part of the consumer's own API, not an event handler"
+        protocol = self.scope.get("type")
+        if isinstance(protocol, str) and name.startswith(protocol + "_"):
+            return f"handles {protocol!r} protocol events from the server, not layer events"
+        return None
+
+    # -- API for handlers --------------------------------------------------------
+
+    async def send(self, message: Message) -> None:
+        """Send an ASGI event to the server for this connection (a checkpoint)."""
+        await self.base_send(message)
+
+    def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any, name: object = None) -> None:
+        """Run ``fn(*args)`` as a child task of this instance.
+
+        The task is cancelled (and awaited) when the instance ends. If it raises,
+        the exception is treated like one from a handler: logged once, the
+        instance ends, and the exception propagates to the server. Raising
+        :class:`~trichannels.exceptions.StopConsumer` in it ends the instance
+        cleanly.
+
+        Raises:
+            RuntimeError: the instance is not running (called before
+                ``__call__`` or after it ended).
+        """
+        tg = self._task_group
+        if tg is None or self._stopping:
+            raise RuntimeError(
+                f"{type(self).__qualname__}.start_soon() called while the instance is not running"
+            )
+        tg.start_soon(self._guard_child, fn, args, name=name)
+
+    async def _guard_child(self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
+        try:
+            await fn(*args)
+        except Exception as exc:
+            self._fail(exc)
+
+
+class SyncConsumer(AsyncConsumer):
+    """A consumer whose handlers are plain (synchronous) methods.
+
+    Handlers run through :func:`trichannels.sync.sync_to_async` in thread-sensitive
+    mode, on one thread per application instance (two connections do not queue
+    behind each other). Inside a handler, :meth:`send` is synchronous; use
+    :func:`trichannels.sync.async_to_sync` to call async APIs such as
+    ``self.channel_layer.group_send``.
+    """
+
+    async def _call_handler(self, handler: Callable[[Message], Any], message: Message) -> None:
+        await sync_to_async(handler)(message)
+
+    def send(self, message: Message) -> None:  # type: ignore[override]
+        """Send an ASGI event to the server; blocks the handler's thread until sent."""
+        async_to_sync(self.base_send)(message)
+
+
+# -- helpers ----------------------------------------------------------------------
+
+
+def _reserved_names(cls: type[AsyncConsumer]) -> frozenset[str]:
+    """Every attribute name trichannels' own consumer classes define."""
+    cached = cls.__dict__.get("_reserved_cache")
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    names: set[str] = set(dir(object))
+    for klass in cls.__mro__:
+        if klass.__module__.startswith("trichannels."):
+            names.update(vars(klass))
+    frozen = frozenset(names)
+    cls._reserved_cache = frozen
+    return frozen
+
+
+def _check_initkwargs(cls: type[AsyncConsumer], initkwargs: Mapping[str, Any]) -> None:
+    unknown = sorted(key for key in initkwargs if not hasattr(cls, key))
+    if unknown:
+        raise TypeError(
+            f"{cls.__qualname__}.as_asgi() got unexpected keyword argument(s) "
+            f"{', '.join(map(repr, unknown))}; only existing class attributes can be set"
+        )
+    methods = sorted(key for key in initkwargs if callable(getattr(cls, key)))
+    if methods:
+        raise TypeError(
+            f"{cls.__qualname__}.as_asgi() keyword argument(s) {', '.join(map(repr, methods))} "
+            "would replace method(s) of the consumer"
+        )
+
