@@ -50,7 +50,11 @@ async def test_events_dispatched_in_order() -> None:
         for text in ["a", "b", "c"]:
             await comm.send_input({"type": "websocket.receive", "text": text})
         assert (await comm.receive_output())["type"] == "websocket.accept"
-        assert [(await comm.receive_output())["text"] for _ in range(3)] == ["a", "b", "c"]
+        assert [(await comm.receive_output())["text"] for _ in range(3)] == [
+            "a",
+            "b",
+            "c",
+        ]
         await comm.send_input({"type": "websocket.disconnect", "code": 1000})
         await comm.wait()
     assert consumer.events == ["connect", "a", "b", "c", "disconnect"]
@@ -67,7 +71,9 @@ async def test_as_asgi_makes_fresh_instance_per_connection() -> None:
         async def websocket_connect(self, message: Message) -> None:
             seen.append(id(self))
             self.start += 1
-            await self.send({"type": "websocket.accept", "subprotocol": str(self.start)})
+            await self.send(
+                {"type": "websocket.accept", "subprotocol": str(self.start)}
+            )
 
     app = Counter.as_asgi(start=41)
     for _ in range(2):
@@ -90,16 +96,27 @@ def test_as_asgi_rejects_unknown_initkwargs() -> None:
 
 def test_as_asgi_rejects_method_override() -> None:
     """An initkwarg may not replace a method of the consumer."""
-    with pytest.raises(TypeError, match=r"^Recorder\.as_asgi\(\) keyword argument\(s\) 'send' would replace"):
+    with pytest.raises(
+        TypeError,
+        match=r"^Recorder\.as_asgi\(\) keyword argument\(s\) 'send' would replace",
+    ):
         Recorder.as_asgi(send=print)
 
 
 @pytest.mark.parametrize(
     ("message", "exc", "pattern"),
     [
-        ("not a dict", TypeError, r"^an event must be a mapping with a 'type' key, got 'not a dict'$"),
+        (
+            "not a dict",
+            TypeError,
+            r"^an event must be a mapping with a 'type' key, got 'not a dict'$",
+        ),
         ({"text": "x"}, ValueError, r"^event has no 'type' key: \{'text': 'x'\}$"),
-        ({"type": 5}, TypeError, r"^event 'type' must be a str, got 5 in \{'type': 5\}$"),
+        (
+            {"type": 5},
+            TypeError,
+            r"^event 'type' must be a str, got 5 in \{'type': 5\}$",
+        ),
         (
             {"type": "_secret"},
             ValueError,
@@ -112,13 +129,17 @@ def test_as_asgi_rejects_method_override() -> None:
         ),
     ],
 )
-def test_get_handler_name_bad_input(message: Any, exc: type[Exception], pattern: str) -> None:
+def test_get_handler_name_bad_input(
+    message: Any, exc: type[Exception], pattern: str
+) -> None:
     """Malformed events raise a specific exception naming the value."""
     with pytest.raises(exc, match=pattern):
         get_handler_name(message)
 
 
-async def test_missing_handler_raises_naming_type(caplog: pytest.LogCaptureFixture) -> None:
+async def test_missing_handler_raises_naming_type(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """An event with no handler ends the instance with ValueError naming the type."""
     async with ApplicationCommunicator(Recorder(), SCOPE) as comm:
         await comm.send_input({"type": "websocket.frobnicate"})
@@ -163,7 +184,10 @@ async def test_handler_exception_propagates_and_nothing_keeps_running(
     assert child_finally.is_set()
     records = [r for r in caplog.records if r.name == "trichannels.consumer"]
     assert len(records) == 1
-    assert records[0].getMessage() == "Unhandled exception in test_handler_exception_propagates_and_nothing_keeps_running.<locals>.Boom for websocket /ws/test/"
+    assert (
+        records[0].getMessage()
+        == "Unhandled exception in test_handler_exception_propagates_and_nothing_keeps_running.<locals>.Boom for websocket /ws/test/"
+    )
 
 
 async def test_child_task_exception_ends_instance() -> None:
@@ -178,7 +202,7 @@ async def test_child_task_exception_ends_instance() -> None:
 
     async with ApplicationCommunicator(ChildFails(), SCOPE) as comm:
         await comm.send_input({"type": "websocket.connect"})
-        with pytest.raises(RuntimeError, match="^child failed$"):
+        with pytest.raises(RuntimeError, match=r"^child failed$"):
             await comm.wait()
 
 
@@ -224,7 +248,9 @@ async def test_stop_consumer_from_child_ends_cleanly() -> None:
     assert comm.finished
 
 
-async def test_busy_handler_cancelled_after_close_timeout(autojump_clock: trio.testing.MockClock) -> None:
+async def test_busy_handler_cancelled_after_close_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     """A handler still busy at disconnect gets close_timeout seconds, then is cancelled."""
     log: list[tuple[str, float]] = []
 
@@ -249,29 +275,48 @@ async def test_busy_handler_cancelled_after_close_timeout(autojump_clock: trio.t
     assert log == [("handler cancelled", start + 4.0), ("disconnect", start + 4.0)]
 
 
-async def test_handler_that_finishes_in_grace_is_not_cancelled(
+async def test_events_queued_before_disconnect_run_until_grace_ends(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """A busy handler that finishes within close_timeout completes; disconnect runs right after."""
+    """Events queued before a disconnect still run in order until close_timeout; then the busy one is cancelled."""
     log: list[tuple[str, float]] = []
 
     class Slowish(Recorder):
         close_timeout = 3.0
 
         async def websocket_receive(self, message: Message) -> None:
-            await trio.sleep(2)
-            log.append(("handler done", trio.current_time()))
+            try:
+                await trio.sleep(2)
+                log.append((f"done {message['text']}", trio.current_time()))
+            except trio.Cancelled:
+                log.append((f"cancelled {message['text']}", trio.current_time()))
+                raise
 
         async def websocket_disconnect(self, message: Message) -> None:
             log.append(("disconnect", trio.current_time()))
 
     start = trio.current_time()
     async with ApplicationCommunicator(Slowish(), SCOPE) as comm:
-        await comm.send_input({"type": "websocket.receive", "text": "x"})
-        await comm.send_input({"type": "websocket.receive", "text": "queued, never handled"})
+        for text in ["a", "b", "c"]:
+            await comm.send_input({"type": "websocket.receive", "text": text})
         await comm.send_input({"type": "websocket.disconnect", "code": 1001})
         await comm.wait(timeout=10)
-    assert log == [("handler done", start + 2.0), ("disconnect", start + 2.0)]
+    assert log == [
+        ("done a", start + 2.0),
+        ("cancelled b", start + 3.0),
+        ("disconnect", start + 3.0),
+    ]
+
+
+async def test_last_message_before_disconnect_is_handled() -> None:
+    """A client that sends a frame and disconnects at once still has the frame handled."""
+    consumer = Recorder()
+    async with ApplicationCommunicator(consumer, SCOPE) as comm:
+        await comm.send_input({"type": "websocket.connect"})
+        await comm.send_input({"type": "websocket.receive", "text": "bye"})
+        await comm.send_input({"type": "websocket.disconnect", "code": 1000})
+        await comm.wait()
+    assert consumer.events == ["connect", "bye", "disconnect"]
 
 
 async def test_stuck_disconnect_handler_and_child_cancelled(
@@ -303,7 +348,10 @@ async def test_stuck_disconnect_handler_and_child_cancelled(
         await comm.send_input({"type": "websocket.connect"})
         await comm.send_input({"type": "websocket.disconnect", "code": 1000})
         await comm.wait(timeout=10)
-    assert log == [("disconnect cancelled", start + 2.5), ("child cancelled", start + 2.5)]
+    assert log == [
+        ("disconnect cancelled", start + 2.5),
+        ("child cancelled", start + 2.5),
+    ]
 
 
 async def test_start_soon_outside_instance() -> None:
@@ -312,7 +360,10 @@ async def test_start_soon_outside_instance() -> None:
     async def nothing() -> None:
         pass
 
-    with pytest.raises(RuntimeError, match=r"^Recorder\.start_soon\(\) called while the instance is not running$"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"^Recorder\.start_soon\(\) called while the instance is not running$",
+    ):
         Recorder().start_soon(nothing)
 
 

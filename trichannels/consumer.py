@@ -12,10 +12,12 @@ Guarantees:
 * Nothing the instance starts outlives it: child tasks started with
   :meth:`AsyncConsumer.start_soon` are cancelled and awaited before ``__call__``
   returns.
-* The disconnect event is never starved. When the client goes away while a handler is
-  still running, the instance notices at once, lets the busy handler run for at most
-  :attr:`AsyncConsumer.close_timeout` seconds, cancels it if needed, then runs the
-  disconnect handler (bounded by the same timeout) and ends.
+* The disconnect event is never starved. The instance notices a disconnect as soon as
+  the server delivers it, even while a handler is busy. Events that arrived before it
+  are still handled, in order, for at most :attr:`AsyncConsumer.close_timeout` seconds;
+  then the running handler is cancelled, the remaining events are dropped, and the
+  disconnect handler runs (bounded by the same timeout) before the instance ends.
+  Channel-layer reading stops at the disconnect.
 * An unhandled exception in a handler or a child task is logged once (with the
   scope's type and path), every other task of the instance is cancelled, and the
   exception propagates to the server unchanged (not wrapped in an exception group).
@@ -39,7 +41,6 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from trichannels.exceptions import StopConsumer
 from trichannels.sync import ThreadSensitiveContext, async_to_sync, sync_to_async
-
 from trichannels.types import Message
 
 if TYPE_CHECKING:
@@ -135,8 +136,8 @@ class AsyncConsumer:
         channel_layer_alias: which configured channel layer to attach
             (``None`` for none). When the alias is not configured at all the
             consumer simply has no layer (``self.channel_layer is None``).
-        close_timeout: seconds a busy handler may keep running after the
-            client disconnected, and seconds the disconnect handler may take.
+        close_timeout: seconds that events queued before a disconnect may keep
+            being handled after it, and seconds the disconnect handler may take.
         max_pending_events: how many received events may wait for dispatch
             before the instance stops reading (back-pressure towards the server).
         layer_event_handlers: if not ``None``, the only method names channel-layer
@@ -171,6 +172,8 @@ class AsyncConsumer:
         self._disconnect_message: Message | None = None
         self._wait_scope: anyio.CancelScope | None = None
         self._handler_scope: anyio.CancelScope | None = None
+        self._layer_scope: anyio.CancelScope | None = None
+        self._grace_over = False
 
     # -- construction ----------------------------------------------------------
 
@@ -217,7 +220,7 @@ class AsyncConsumer:
         alias = self.channel_layer_alias
         if alias is None:
             return None
-        from trichannels.layers import channel_layers  # noqa: PLC0415 - import cycle
+        from trichannels.layers import channel_layers  # import here: import cycle
 
         return channel_layers.lookup(alias)
 
@@ -242,12 +245,20 @@ class AsyncConsumer:
         finally:
             self._task_group = None
             self._stopping = True
-            with anyio.CancelScope(shield=True), anyio.move_on_after(self.close_timeout):
+            with (
+                anyio.CancelScope(shield=True),
+                anyio.move_on_after(self.close_timeout),
+            ):
                 await self._instance_cleanup()
             self._drop_undelivered(events_out, layer)
 
-    async def _dispatch_loop(self, events: MemoryObjectReceiveStream[tuple[bool, Message]]) -> None:
-        while self._disconnect_message is None:
+    async def _dispatch_loop(
+        self, events: MemoryObjectReceiveStream[tuple[bool, Message]]
+    ) -> None:
+        # Events queued before a disconnect are still dispatched, in order, until
+        # the grace period after the disconnect runs out; then the busy handler is
+        # cancelled, the rest are dropped, and the disconnect handler runs.
+        while not self._grace_over:
             with anyio.CancelScope() as wait_scope:
                 self._wait_scope = wait_scope
                 try:
@@ -255,8 +266,8 @@ class AsyncConsumer:
                 except anyio.EndOfStream:
                     break
             self._wait_scope = None
-            if wait_scope.cancelled_caught or self._disconnect_message is not None:
-                continue
+            if wait_scope.cancelled_caught:
+                break
             with anyio.CancelScope() as handler_scope:
                 self._handler_scope = handler_scope
                 if from_layer:
@@ -267,9 +278,6 @@ class AsyncConsumer:
                         # Tell the worker the message was handled (it acknowledges it).
                         await self.base_send(_HANDLED)
             self._handler_scope = None
-            if handler_scope.cancelled_caught and self._disconnect_message is None:
-                # Only a disconnect cancels a handler scope; anything else is a bug.
-                raise RuntimeError("handler cancelled without a disconnect")  # pragma: no cover
 
         self._wait_scope = None
         disconnect = self._disconnect_message
@@ -305,41 +313,49 @@ class AsyncConsumer:
                 self._fail(exc)
 
     async def _read_layer(
-        self, layer: BaseChannelLayer, events: MemoryObjectSendStream[tuple[bool, Message]]
+        self,
+        layer: BaseChannelLayer,
+        events: MemoryObjectSendStream[tuple[bool, Message]],
     ) -> None:
         async with events:
-            try:
-                while True:
-                    message = await layer.receive(self.channel_name)
-                    try:
-                        await events.send((True, message))
-                    except BaseException:
-                        # Taken from the layer but never queued: make the loss visible.
-                        layer.record_dropped(1)
-                        logger.warning(
-                            "%s: dropped 1 channel-layer message of type %r for %s: the instance ended",
-                            type(self).__qualname__,
-                            message.get("type"),
-                            self.channel_name,
-                        )
-                        raise
-            except Exception as exc:
-                self._fail(exc)
+            with anyio.CancelScope() as self._layer_scope:
+                if self._disconnect_message is not None:
+                    return
+                try:
+                    while True:
+                        message = await layer.receive(self.channel_name)
+                        try:
+                            await events.send((True, message))
+                        except BaseException:
+                            # Taken from the layer but never queued: make the loss visible.
+                            layer.record_dropped(1)
+                            logger.warning(
+                                "%s: dropped 1 channel-layer message of type %r for %s: "
+                                "the instance ended",
+                                type(self).__qualname__,
+                                message.get("type"),
+                                self.channel_name,
+                            )
+                            raise
+                except Exception as exc:
+                    self._fail(exc)
 
     def _notice_disconnect(self, message: Message) -> None:
         """Record the disconnect and make sure no handler can starve it."""
         if self._disconnect_message is not None:
             return
         self._disconnect_message = message
+        if self._layer_scope is not None:
+            self._layer_scope.cancel()  # layer.receive is cancellation-safe
+        if self._task_group is not None:
+            self._task_group.start_soon(self._end_grace_period)
+
+    async def _end_grace_period(self) -> None:
+        await anyio.sleep(self.close_timeout)
+        self._grace_over = True
         if self._wait_scope is not None:
             self._wait_scope.cancel()
-        busy = self._handler_scope
-        if busy is not None and self._task_group is not None:
-            self._task_group.start_soon(self._cancel_after_grace, busy)
-
-    async def _cancel_after_grace(self, scope: anyio.CancelScope) -> None:
-        await anyio.sleep(self.close_timeout)
-        if self._handler_scope is scope:
+        if self._handler_scope is not None:
             logger.warning(
                 "%s: handler still running %ss after the client disconnected from %s %s; cancelled",
                 type(self).__qualname__,
@@ -347,7 +363,7 @@ class AsyncConsumer:
                 self.scope.get("type"),
                 self.scope.get("path"),
             )
-            scope.cancel()
+            self._handler_scope.cancel()
 
     def _drop_undelivered(
         self,
@@ -421,7 +437,9 @@ class AsyncConsumer:
             )
         return handler  # type: ignore[no-any-return]
 
-    async def _call_handler(self, handler: Callable[[Message], Any], message: Message) -> None:
+    async def _call_handler(
+        self, handler: Callable[[Message], Any], message: Message
+    ) -> None:
         await handler(message)
 
     async def _dispatch_layer_event(self, message: Message) -> None:
@@ -430,7 +448,10 @@ class AsyncConsumer:
         if reason is not None:
             error = RefusedLayerMessage(message["type"], name, reason)
             logger.error(
-                "%s (%s): %s", type(self).__qualname__, getattr(self, "channel_name", "?"), error
+                "%s (%s): %s",
+                type(self).__qualname__,
+                getattr(self, "channel_name", "?"),
+                error,
             )
             raise error
         await self.dispatch(message)
@@ -454,7 +475,9 @@ class AsyncConsumer:
         """Send an ASGI event to the server for this connection (a checkpoint)."""
         await self.base_send(message)
 
-    def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any, name: object = None) -> None:
+    def start_soon(
+        self, fn: Callable[..., Awaitable[Any]], *args: Any, name: object = None
+    ) -> None:
         """Run ``fn(*args)`` as a child task of this instance.
 
         The task is cancelled (and awaited) when the instance ends. If it raises,
@@ -474,7 +497,9 @@ class AsyncConsumer:
             )
         tg.start_soon(self._guard_child, fn, args, name=name)
 
-    async def _guard_child(self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
+    async def _guard_child(
+        self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]
+    ) -> None:
         try:
             await fn(*args)
         except Exception as exc:
@@ -491,7 +516,9 @@ class SyncConsumer(AsyncConsumer):
     ``self.channel_layer.group_send``.
     """
 
-    async def _call_handler(self, handler: Callable[[Message], Any], message: Message) -> None:
+    async def _call_handler(
+        self, handler: Callable[[Message], Any], message: Message
+    ) -> None:
         await sync_to_async(handler)(message)
 
     def send(self, message: Message) -> None:  # type: ignore[override]
@@ -529,4 +556,3 @@ def _check_initkwargs(cls: type[AsyncConsumer], initkwargs: Mapping[str, Any]) -
             f"{cls.__qualname__}.as_asgi() keyword argument(s) {', '.join(map(repr, methods))} "
             "would replace method(s) of the consumer"
         )
-

@@ -62,17 +62,19 @@ class ApplicationCommunicator:
         self, application: ASGIApp, scope: Scope, *, task_group: TaskGroup | None = None
     ) -> None:
         if not callable(application):
-            raise TypeError(f"application must be an ASGI callable, got {application!r}")
+            raise TypeError(
+                f"application must be an ASGI callable, got {application!r}"
+            )
         if not hasattr(scope, "keys") or not isinstance(scope.get("type"), str):
             raise TypeError(f"scope must be a mapping with a str 'type', got {scope!r}")
         self.application = application
         self.scope = scope
-        self._input_send, self._input_receive = anyio.create_memory_object_stream[Message](
-            math.inf
-        )
-        self._output_send, self._output_receive = anyio.create_memory_object_stream[Message](
-            math.inf
-        )
+        self._input_send, self._input_receive = anyio.create_memory_object_stream[
+            Message
+        ](math.inf)
+        self._output_send, self._output_receive = anyio.create_memory_object_stream[
+            Message
+        ](math.inf)
         self._peeked: deque[Message] = deque()
         self._external_tg = task_group
         self._own_tg: TaskGroup | None = None
@@ -133,7 +135,9 @@ class ApplicationCommunicator:
         """Tell the application its connection ended, where the protocol has a way to."""
         kind = self.scope["type"]
         if kind == "websocket":
-            self._input_send.send_nowait({"type": "websocket.disconnect", "code": 1000, "reason": ""})
+            self._input_send.send_nowait(
+                {"type": "websocket.disconnect", "code": 1000, "reason": ""}
+            )
         elif kind == "http":
             self._input_send.send_nowait({"type": "http.disconnect"})
         await anyio.lowlevel.checkpoint()
@@ -154,7 +158,9 @@ class ApplicationCommunicator:
 
     async def _run_application(self) -> None:
         try:
-            await self.application(dict(self.scope), self._input_receive.receive, self._send_output)
+            await self.application(
+                dict(self.scope), self._input_receive.receive, self._send_output
+            )
         except anyio.get_cancelled_exc_class():
             raise
         except Exception as exc:
@@ -182,7 +188,9 @@ class ApplicationCommunicator:
             Exception: the application's own exception, if it failed.
         """
         if not hasattr(message, "keys") or not isinstance(message.get("type"), str):
-            raise TypeError(f"message must be a mapping with a str 'type', got {message!r}")
+            raise TypeError(
+                f"message must be a mapping with a str 'type', got {message!r}"
+            )
         self._ensure_started()
         if self._done.is_set():
             self._raise_unsurfaced()
@@ -221,7 +229,9 @@ class ApplicationCommunicator:
                 f"no output from the application within {timeout} s (waiting in {waiting_in})"
             ) from None
 
-    async def receive_nothing(self, timeout: float = 0.1, interval: float = 0.01) -> bool:
+    async def receive_nothing(
+        self, timeout: float = 0.1, interval: float = 0.01
+    ) -> bool:
         """Return ``True`` if the application sends nothing within ``timeout`` seconds.
 
         A message that does arrive is kept for the next ``receive_*`` call.
@@ -270,14 +280,20 @@ def _split_path(path: object) -> tuple[str, bytes, bytes]:
     if not isinstance(path, str):
         raise TypeError(f"path must be a str, got {path!r}")
     parts = urlsplit(path)
-    return unquote(parts.path), parts.path.encode("ascii", "ignore"), parts.query.encode("utf-8")
+    return (
+        unquote(parts.path),
+        parts.path.encode("ascii", "ignore"),
+        parts.query.encode("utf-8"),
+    )
 
 
 def _check_headers(headers: object) -> list[tuple[bytes, bytes]]:
     if headers is None:
         return []
     if not isinstance(headers, list | tuple):
-        raise TypeError(f"headers must be a list of (bytes, bytes) pairs, got {headers!r}")
+        raise TypeError(
+            f"headers must be a list of (bytes, bytes) pairs, got {headers!r}"
+        )
     checked: list[tuple[bytes, bytes]] = []
     for header in headers:
         if (
@@ -285,7 +301,9 @@ def _check_headers(headers: object) -> list[tuple[bytes, bytes]]:
             or len(header) != 2
             or not all(isinstance(part, bytes) for part in header)
         ):
-            raise TypeError(f"each header must be a (bytes, bytes) pair, got {header!r}")
+            raise TypeError(
+                f"each header must be a (bytes, bytes) pair, got {header!r}"
+            )
         checked.append((header[0].lower(), header[1]))
     return checked
 
@@ -364,7 +382,9 @@ class WebsocketCommunicator(ApplicationCommunicator):
         if kind == "websocket.http.response.start":
             body = bytearray()
             while True:
-                part = await self._next_output(timeout, "connect() reading the denial body")
+                part = await self._next_output(
+                    timeout, "connect() reading the denial body"
+                )
                 body += part.get("body", b"")
                 if not part.get("more_body", False):
                     break
@@ -383,7 +403,9 @@ class WebsocketCommunicator(ApplicationCommunicator):
         self.response_headers = list(response.get("headers", []))
         return True, response.get("subprotocol")
 
-    async def send_to(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+    async def send_to(
+        self, text_data: str | None = None, bytes_data: bytes | None = None
+    ) -> None:
         """Send one frame: exactly one of ``text_data`` (str) or ``bytes_data`` (bytes).
 
         Empty frames are allowed.
@@ -420,13 +442,16 @@ class WebsocketCommunicator(ApplicationCommunicator):
             raise AssertionError(
                 f"a 'websocket.send' message needs exactly one of 'text' or 'bytes': {response!r}"
             )
-        return text if text is not None else data  # type: ignore[no-any-return]
+        payload: str | bytes = text if text is not None else data
+        return payload
 
     async def receive_json_from(self, timeout: float = 1) -> Any:
         """Return the next frame decoded as JSON (it must be a text frame)."""
         payload = await self.receive_from(timeout)
         if not isinstance(payload, str):
-            raise AssertionError(f"expected a JSON text frame, got a binary frame {payload!r}")
+            raise AssertionError(
+                f"expected a JSON text frame, got a binary frame {payload!r}"
+            )
         return json.loads(payload)
 
     async def disconnect(self, code: int = 1000, timeout: float = 1) -> None:
@@ -435,7 +460,9 @@ class WebsocketCommunicator(ApplicationCommunicator):
             raise TypeError(f"code must be an int, got {code!r}")
         self._ensure_started()
         if not self._done.is_set():
-            self._input_send.send_nowait({"type": "websocket.disconnect", "code": code, "reason": ""})
+            self._input_send.send_nowait(
+                {"type": "websocket.disconnect", "code": code, "reason": ""}
+            )
         self.closed = True
         await self.wait(timeout)
 
@@ -506,14 +533,22 @@ class HttpCommunicator(ApplicationCommunicator):
                 await self.send_input(
                     {"type": "http.request", "body": chunk, "more_body": index < last}
                 )
-        start = await self._next_output(timeout, "get_response() awaiting the response start")
+        start = await self._next_output(
+            timeout, "get_response() awaiting the response start"
+        )
         if start["type"] != "http.response.start":
-            raise AssertionError(f"expected 'http.response.start', got {start['type']!r}")
+            raise AssertionError(
+                f"expected 'http.response.start', got {start['type']!r}"
+            )
         body = bytearray()
         while True:
-            part = await self._next_output(timeout, "get_response() awaiting the response body")
+            part = await self._next_output(
+                timeout, "get_response() awaiting the response body"
+            )
             if part["type"] != "http.response.body":
-                raise AssertionError(f"expected 'http.response.body', got {part['type']!r}")
+                raise AssertionError(
+                    f"expected 'http.response.body', got {part['type']!r}"
+                )
             body += part.get("body", b"")
             if not part.get("more_body", False):
                 break
