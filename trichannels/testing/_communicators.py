@@ -442,8 +442,9 @@ class WebsocketCommunicator(ApplicationCommunicator):
             raise AssertionError(
                 f"a 'websocket.send' message needs exactly one of 'text' or 'bytes': {response!r}"
             )
-        payload: str | bytes = text if text is not None else data
-        return payload
+        if text is not None:
+            return str(text)
+        return bytes(data)
 
     async def receive_json_from(self, timeout: float = 1) -> Any:
         """Return the next frame decoded as JSON (it must be a text frame)."""
