@@ -437,14 +437,16 @@ class WebsocketCommunicator(ApplicationCommunicator):
             )
         if kind != "websocket.send":
             raise AssertionError(f"expected a 'websocket.send' frame, got {kind!r}")
-        text, data = response.get("text"), response.get("bytes")
+        text: str | None = response.get("text")
+        data: bytes | None = response.get("bytes")
         if (text is None) == (data is None):
             raise AssertionError(
                 f"a 'websocket.send' message needs exactly one of 'text' or 'bytes': {response!r}"
             )
         if text is not None:
-            return str(text)
-        return bytes(data)
+            return text
+        assert data is not None
+        return data
 
     async def receive_json_from(self, timeout: float = 1) -> Any:
         """Return the next frame decoded as JSON (it must be a text frame)."""
