@@ -70,6 +70,11 @@ def _reason(name: object, *, channel: bool) -> str | None:
     return None  # pragma: no cover - the regex and the scan agree
 
 
+_recent_valid: dict[str, None] = {}
+"""Channel names that passed recently: a bounded cache, cleared when it fills."""
+_RECENT_MAX = 4096
+
+
 def require_valid_channel_name(name: object) -> str:
     """Return ``name`` if it is a valid channel name, else raise.
 
@@ -80,12 +85,14 @@ def require_valid_channel_name(name: object) -> str:
     Raises:
         InvalidChannelName: naming the value and the rule it breaks.
     """
-    if (
-        type(name) is str
-        and 0 < len(name) < MAX_NAME_LENGTH
-        and _CHANNEL_RE.fullmatch(name)
-    ):
-        return name
+    if type(name) is str:
+        if name in _recent_valid:
+            return name
+        if 0 < len(name) < MAX_NAME_LENGTH and _CHANNEL_RE.fullmatch(name):
+            if len(_recent_valid) >= _RECENT_MAX:
+                _recent_valid.clear()
+            _recent_valid[name] = None
+            return name
     reason = _reason(name, channel=True)
     if reason is None:  # pragma: no cover - fast path and scan agree
         assert isinstance(name, str)
