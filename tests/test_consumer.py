@@ -493,3 +493,51 @@ def test_consumer_neutral(backend: str) -> None:
                 await comm.wait()
 
     anyio.run(body, backend=backend)
+
+
+async def test_close_websockets_sends_going_away() -> None:
+    """close_websockets() makes every running WebSocket instance send close 1001."""
+    from trichannels.consumer import close_websockets
+
+    async with (
+        ApplicationCommunicator(Recorder(), SCOPE) as a,
+        ApplicationCommunicator(Recorder(), SCOPE) as b,
+    ):
+        for comm in (a, b):
+            await comm.send_input({"type": "websocket.connect"})
+            assert (await comm.receive_output())["type"] == "websocket.accept"
+        assert close_websockets() == 2
+        for comm in (a, b):
+            assert await comm.receive_output() == {
+                "type": "websocket.close",
+                "code": 1001,
+                "reason": "server shutting down",
+            }
+            await comm.send_input({"type": "websocket.disconnect", "code": 1001})
+            await comm.wait()
+    assert close_websockets() == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        (
+            {"code": 1006},
+            r"^close code must be 1000, 1001 or in 3000\.\.4999, got 1006$",
+        ),
+        (
+            {"code": "1001"},
+            r"^close code must be 1000, 1001 or in 3000\.\.4999, got '1001'$",
+        ),
+        (
+            {"reason": "x" * 124},
+            r"^close reason must be a str of at most 123 UTF-8 bytes, got 'x+'$",
+        ),
+    ],
+)
+def test_close_websockets_bad_input(kwargs: dict[str, Any], pattern: str) -> None:
+    """close_websockets() refuses codes an application may not send and overlong reasons."""
+    from trichannels.consumer import close_websockets
+
+    with pytest.raises(ValueError, match=pattern):
+        close_websockets(**kwargs)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
@@ -51,6 +52,7 @@ __all__ = [
     "AsyncConsumer",
     "RefusedLayerMessage",
     "SyncConsumer",
+    "close_websockets",
     "get_handler_name",
 ]
 
@@ -118,6 +120,9 @@ def get_handler_name(message: object) -> str:
 
 
 _HANDLED: Final = {"type": "channel.handled"}
+
+# Running WebSocket instances of this process, for close_websockets() at shutdown.
+_live_websockets: weakref.WeakSet[AsyncConsumer] = weakref.WeakSet()
 
 
 def _is_disconnect(message: Mapping[str, Any]) -> bool:
@@ -231,6 +236,8 @@ class AsyncConsumer:
         try:
             async with anyio.create_task_group() as tg:
                 self._task_group = tg
+                if self.scope.get("type") == "websocket":
+                    _live_websockets.add(self)
                 tg.start_soon(self._read_protocol, receive, events_in.clone())
                 if layer is not None:
                     tg.start_soon(self._read_layer, layer, events_in.clone())
@@ -243,6 +250,7 @@ class AsyncConsumer:
                     self._fail(exc)
                 tg.cancel_scope.cancel()
         finally:
+            _live_websockets.discard(self)
             self._task_group = None
             self._stopping = True
             with (
@@ -407,6 +415,19 @@ class AsyncConsumer:
         if self._task_group is not None:
             self._task_group.cancel_scope.cancel()
 
+    def _going_away(self, code: int, reason: str) -> None:
+        """Start closing this WebSocket because the server is shutting down."""
+        if self._task_group is not None and not self._stopping:
+            self._task_group.start_soon(self._send_going_away, code, reason)
+
+    async def _send_going_away(self, code: int, reason: str) -> None:
+        try:
+            await self.base_send(
+                {"type": "websocket.close", "code": code, "reason": reason}
+            )
+        except Exception as exc:  # the connection may already be gone
+            logger.debug("could not send going-away close: %r", exc)
+
     async def _instance_cleanup(self) -> None:
         """Hook run once when the instance ends, however it ends.
 
@@ -556,3 +577,29 @@ def _check_initkwargs(cls: type[AsyncConsumer], initkwargs: Mapping[str, Any]) -
             f"{cls.__qualname__}.as_asgi() keyword argument(s) {', '.join(map(repr, methods))} "
             "would replace method(s) of the consumer"
         )
+
+
+def close_websockets(code: int = 1001, reason: str = "server shutting down") -> int:
+    """Ask every running WebSocket consumer instance in this process to close.
+
+    Used at graceful shutdown (``trichannels serve`` calls it on SIGTERM/SIGINT):
+    each instance sends ``websocket.close`` with ``code`` (1001, "going away", by
+    default) from its own task group, then ends when the server reports the
+    disconnect. Does not block; returns how many instances were asked.
+
+    Raises:
+        ValueError: ``code`` is not 1000 or in 3000..4999 / 1001 (the codes an
+            application may send), or ``reason`` is longer than 123 bytes.
+    """
+    if not isinstance(code, int) or not (code in (1000, 1001) or 3000 <= code <= 4999):
+        raise ValueError(
+            f"close code must be 1000, 1001 or in 3000..4999, got {code!r}"
+        )
+    if not isinstance(reason, str) or len(reason.encode()) > 123:
+        raise ValueError(
+            f"close reason must be a str of at most 123 UTF-8 bytes, got {reason!r}"
+        )
+    instances = list(_live_websockets)
+    for instance in instances:
+        instance._going_away(code, reason)
+    return len(instances)
