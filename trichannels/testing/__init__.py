@@ -7,9 +7,15 @@ from trichannels.testing._communicators import (
     HttpCommunicator as HttpCommunicator,
     WebsocketCommunicator as WebsocketCommunicator,
 )
+from trichannels.testing._layers import (
+    LayerCheckReport as LayerCheckReport,
+    check_channel_layer as check_channel_layer,
+)
 
 __all__ = [
     "ApplicationCommunicator",
     "HttpCommunicator",
+    "LayerCheckReport",
     "WebsocketCommunicator",
+    "check_channel_layer",
 ]
