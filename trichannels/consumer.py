@@ -178,6 +178,7 @@ class AsyncConsumer:
         self._wait_scope: anyio.CancelScope | None = None
         self._handler_scope: anyio.CancelScope | None = None
         self._layer_scope: anyio.CancelScope | None = None
+        self._protocol_scope: anyio.CancelScope | None = None
         self._grace_over = False
 
     # -- construction ----------------------------------------------------------
@@ -309,16 +310,17 @@ class AsyncConsumer:
         self, receive: Receive, events: MemoryObjectSendStream[tuple[bool, Message]]
     ) -> None:
         async with events:
-            try:
-                while True:
-                    message = await receive()
-                    get_handler_name(message)  # validate before queueing
-                    if _is_disconnect(message):
-                        self._notice_disconnect(message)
-                        return
-                    await events.send((False, message))
-            except Exception as exc:
-                self._fail(exc)
+            with anyio.CancelScope() as self._protocol_scope:
+                try:
+                    while True:
+                        message = await receive()
+                        get_handler_name(message)  # validate before queueing
+                        if _is_disconnect(message):
+                            self._notice_disconnect(message)
+                            return
+                        await events.send((False, message))
+                except Exception as exc:
+                    self._fail(exc)
 
     async def _read_layer(
         self,
@@ -355,6 +357,10 @@ class AsyncConsumer:
         self._disconnect_message = message
         if self._layer_scope is not None:
             self._layer_scope.cancel()  # layer.receive is cancellation-safe
+        if self._protocol_scope is not None:
+            # A disconnect noticed elsewhere (synthesized after a close the server
+            # never confirmed) also stops reading the server, so the queue drains.
+            self._protocol_scope.cancel()
         if self._task_group is not None:
             self._task_group.start_soon(self._end_grace_period)
 
