@@ -110,8 +110,11 @@ class ApplicationCommunicator:
             tg.cancel_scope.cancel()
             # The test body's exception (if any) is not handed to the task group,
             # so it propagates unwrapped rather than inside an exception group.
-            await tg.__aexit__(None, None, None)
-            self._close_streams()
+            try:
+                await tg.__aexit__(None, None, None)
+            finally:
+                # Also when cancelled from outside: a cancelled exit re-raises there.
+                self._close_streams()
         if exc is None:
             self._raise_unsurfaced()
         return False
