@@ -20,6 +20,7 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 import pytest
+import sniffio
 import trio
 import trio.testing
 
@@ -337,8 +338,6 @@ async def test_sync_to_async_copies_context_variables_both_ways() -> None:
 
 
 async def test_sync_code_in_threads_does_not_look_async() -> None:
-    import sniffio
-
     def library() -> str | None:
         try:
             return sniffio.current_async_library()
@@ -460,8 +459,6 @@ async def test_async_to_sync_from_worker_thread_runs_on_the_loop(
 
 @pytest.mark.parametrize("loop_backend", ["trio", "asyncio"])
 def test_async_to_sync_from_plain_thread_runs_its_own_loop(loop_backend: str) -> None:
-    import sniffio
-
     results: list[tuple[int, str, int]] = []
 
     async def where() -> tuple[int, str, int]:

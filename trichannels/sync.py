@@ -126,7 +126,12 @@ class ThreadSensitiveContext:
     thread never outlives the ``async with``: on exit (even when cancelled) the
     context waits until the thread has finished the call it has in hand, if any, and
     then joins it. So an abandoned call that never returns holds the exit; sync code
-    that may run long should poll :func:`check_cancelled`. Calls queued by cancelled
+    that may run long should poll :func:`check_cancelled`.
+
+    No thread is started and forgotten: a context's thread is joined by its exit,
+    the process-wide thread (used outside any context) is a
+    :class:`~concurrent.futures.ThreadPoolExecutor` worker that the standard library
+    joins at interpreter exit, and pool threads belong to anyio. Calls queued by cancelled
     callers are skipped. Making a thread-sensitive call in a context that has exited
     (from a task that outlived it) raises :class:`RuntimeError`.
     """
@@ -254,7 +259,9 @@ class _Call:
     """One ``sync_to_async`` call, shared by the awaiting task and the thread.
 
     The thread posts messages (async_to_sync requests, then the outcome) to the
-    awaiting task through the event loop's token, without ever blocking on the loop.
+    awaiting task through the event loop's token. Posting never waits for the loop,
+    so a thread whose caller and loop are gone cannot hang; a request that cannot
+    be delivered is answered with :class:`CallAbandoned`.
     """
 
     def __init__(
