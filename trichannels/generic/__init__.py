@@ -3,3 +3,5 @@
 As in Channels, import the classes from their modules, e.g.
 ``from trichannels.generic.websocket import AsyncWebsocketConsumer``.
 """
+
+__all__: list[str] = []
