@@ -170,7 +170,7 @@ class _Unserialisable(Exception):
 _INT_MIN: Final = -(1 << 63)
 _INT_MAX: Final = (1 << 63) - 1
 MAX_DEPTH: Final = 64
-"""Containers nested deeper than this are refused (also catches self-references)."""
+"""A container reached by more than this many subscripts is refused (also catches cycles)."""
 
 
 def _copy_value(value: object, depth: int) -> Any:
@@ -184,12 +184,12 @@ def _copy_value(value: object, depth: int) -> Any:
         msg = f"is {value!r}, outside the signed 64-bit integer range"
         raise _Unserialisable(msg)
     if isinstance(value, dict):
-        if depth >= MAX_DEPTH:
+        if depth > MAX_DEPTH:
             msg = f"is nested more than {MAX_DEPTH} levels deep"
             raise _Unserialisable(msg)
-        return _copy_dict(value, depth + 1)
+        return _copy_dict(value, depth)
     if isinstance(value, list | tuple):
-        if depth >= MAX_DEPTH:
+        if depth > MAX_DEPTH:
             msg = f"is nested more than {MAX_DEPTH} levels deep"
             raise _Unserialisable(msg)
         out: list[Any] = []
@@ -231,7 +231,7 @@ def _copy_dict(value: Mapping[Any, Any], depth: int) -> dict[str, Any]:
             out[key] = item
             continue
         try:
-            out[key] = _copy_value(item, depth)
+            out[key] = _copy_value(item, depth + 1)
         except _Unserialisable as exc:
             exc.path.append(key)
             raise
@@ -255,7 +255,7 @@ def normalised_copy(message: Mapping[str, Any]) -> dict[str, Any]:
             ``"message['payload'][2] is of type set, which cannot be serialised"``.
     """
     try:
-        return _copy_dict(message, 1)
+        return _copy_dict(message, 0)
     except _Unserialisable as exc:
         msg = f"{_format_path(exc.path)} {exc.reason}"
         raise InvalidMessage(msg) from None

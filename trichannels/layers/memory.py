@@ -339,6 +339,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
                 self._give_back(channel, item)
             raise
         item = waiter.item
+        self._forget_if_idle(ch)
         if item is _CLOSED or item is None:
             msg = "InMemoryChannelLayer was closed while receive() waited"
             raise anyio.ClosedResourceError(msg)
