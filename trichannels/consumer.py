@@ -254,12 +254,17 @@ class AsyncConsumer:
             _live_websockets.discard(self)
             self._task_group = None
             self._stopping = True
-            with (
-                anyio.CancelScope(shield=True),
-                anyio.move_on_after(self.close_timeout),
-            ):
-                await self._instance_cleanup()
-            self._drop_undelivered(events_out, layer)
+            try:
+                with (
+                    anyio.CancelScope(shield=True),
+                    anyio.move_on_after(self.close_timeout),
+                ):
+                    try:
+                        await self._instance_cleanup()
+                    except Exception as exc:
+                        self._fail(exc)
+            finally:
+                self._drop_undelivered(events_out, layer)
 
     async def _dispatch_loop(
         self, events: MemoryObjectReceiveStream[tuple[bool, Message]]
