@@ -423,3 +423,93 @@ def test_app_must_be_callable() -> None:
         TypeError, match=r"^app must be an ASGI application \(a callable\), got None$"
     ):
         OriginValidator(None, ["*"])  # type: ignore[arg-type]
+
+
+# -- live: Hypercorn's trio worker and a real WebSocket client ------------------------------------------
+
+
+@pytest.fixture
+async def live_url(nursery: trio.Nursery) -> str:
+    """Serve a validated app plus a session-setting app under Hypercorn's trio worker; yield ws://host:port."""
+    from hypercorn.config import Config
+    from hypercorn.trio import serve
+
+    from trichannels.sessions import SessionMiddlewareStack, SignedCookieSessionStore
+
+    async def set_session(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        scope["session"]["seen"] = True
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": "hi"})
+        await receive()
+
+    guarded = OriginValidator(echo_app([]), ["https://good.test"])
+    sessions = SessionMiddlewareStack(set_session, SignedCookieSessionStore(["k" * 32]))
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (message := await receive())["type"] != "lifespan.shutdown":
+                await send({"type": message["type"] + ".complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        target = sessions if scope["path"] == "/session/" else guarded
+        await target(scope, receive, send)
+
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.test")
+    binds = await nursery.start(serve, app, config)
+    return str(binds[0]).replace("http://", "ws://")
+
+
+async def raw_handshake(url: str, origin: bytes) -> bytes:
+    """Send a WebSocket upgrade request by hand; return the whole HTTP response.
+
+    (trio-websocket 0.12 leaves its socket open when a handshake is rejected.)
+    """
+    host, _, port = url.removeprefix("ws://").rpartition(":")
+    request = (
+        b"GET /ws/ HTTP/1.1\r\nHost: " + url.removeprefix("ws://").encode() + b"\r\n"
+        b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        b"Origin: " + origin + b"\r\n\r\n"
+    )
+    response = b""
+    async with await trio.open_tcp_stream(host, int(port)) as stream:
+        await stream.send_all(request)
+        while not response.endswith(b"WebSocket here\n"):  # the end of the denial body
+            chunk = await stream.receive_some()
+            if not chunk:
+                break
+            response += chunk
+    return response
+
+
+async def test_live_refusal_is_http_403(live_url: str) -> None:
+    """Under Hypercorn, a refused origin gets HTTP 403 (with the body); an allowed one connects."""
+    from trio_websocket import open_websocket_url
+
+    with trio.fail_after(5):
+        response = await raw_handshake(live_url, b"https://evil.test")
+        assert response.startswith(b"HTTP/1.1 403 ")
+        assert response.endswith(
+            b"\r\n\r\nForbidden: this origin may not open a WebSocket here\n"
+        )
+        async with open_websocket_url(
+            live_url + "/ws/", extra_headers=[(b"origin", b"https://good.test")]
+        ) as ws:
+            assert not ws.closed
+
+
+async def test_live_session_cookie_on_handshake(live_url: str) -> None:
+    """Under Hypercorn, the session cookie set on websocket.accept reaches the client in the 101 response."""
+    from trio_websocket import open_websocket_url
+
+    with trio.fail_after(5):
+        async with open_websocket_url(live_url + "/session/") as ws:
+            assert await ws.get_message() == "hi"
+            cookies = [v for k, v in ws.handshake_headers if k.lower() == b"set-cookie"]
+    [cookie] = cookies
+    assert cookie.startswith(b"sessionid=")
+    assert cookie.endswith(b"; Path=/; Max-Age=1209600; HttpOnly; SameSite=Lax")

@@ -623,7 +623,12 @@ class RedisSessionStore:
         *,
         key_prefix: str = "trichannels:session:",
     ) -> None:
-        from coredis.tokens import PureToken  # coredis is an optional extra
+        try:
+            from coredis.tokens import PureToken  # coredis is an optional extra
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError(
+                "RedisSessionStore needs coredis: pip install 'trichannels[redis]'"
+            ) from exc
 
         if not isinstance(key_prefix, str):
             raise ConfigurationError(f"key_prefix must be a str, got {key_prefix!r}")
