@@ -15,7 +15,7 @@ method per channel-layer event type you handle (``"chat.message"`` ->
 What the server sees, and when the instance ends:
 
 * Every outgoing message is checked where it is made
-  (:func:`trichannels._validation.validate_outgoing`), so ``send(text_data=b"x")``
+  (``trichannels._validation.validate_outgoing``), so ``send(text_data=b"x")``
   raises :class:`TypeError` in your handler, not somewhere inside the server.
 * Sending a frame before ``accept()`` raises
   :class:`~trichannels.exceptions.UnexpectedMessage`. Once the consumer has
@@ -23,8 +23,7 @@ What the server sees, and when the instance ends:
   debug level): a group broadcast racing a close is not an error.
 * After the consumer closes (``close``, ``deny``, ``send(close=True)``) the
   instance ends when the server's ``websocket.disconnect`` arrives; if none
-  arrives within :attr:`~trichannels.consumer.AsyncConsumer.close_timeout`
-  seconds one is synthesized (code 1006), so the instance always ends.
+  arrives within ``close_timeout`` seconds one is synthesized (code 1006), so the instance always ends.
 * When the instance ends with the socket still open it is closed: with 1000
   after a clean end (``StopConsumer``), with 1011 after an unhandled exception.
   An exception before the handshake was answered refuses it (with an HTTP 500
@@ -358,7 +357,7 @@ class AsyncWebsocketConsumer(_WebsocketCore):
     """
 
     async def websocket_connect(self, message: Message) -> None:
-        """Join :attr:`groups`, then run :meth:`connect` (handling Accept/DenyConnection)."""
+        """Join ``groups``, then run :meth:`connect` (handling Accept/DenyConnection)."""
         await self._join_groups()
         try:
             await self.connect()
@@ -482,7 +481,7 @@ class AsyncWebsocketConsumer(_WebsocketCore):
             await self._do_deny(*messages)
 
     async def websocket_disconnect(self, message: Message) -> None:
-        """Leave :attr:`groups`, then call :meth:`disconnect` with the close code."""
+        """Leave ``groups``, then call :meth:`disconnect` with the close code."""
         self._ws_state = _CLOSED
         await self._leave_groups()
         await self.disconnect(message.get("code", 1005))
@@ -576,7 +575,7 @@ class WebsocketConsumer(_WebsocketCore, SyncConsumer):
     """
 
     def websocket_connect(self, message: Message) -> None:
-        """Join :attr:`groups`, then run :meth:`connect` (handling Accept/DenyConnection)."""
+        """Join ``groups``, then run :meth:`connect` (handling Accept/DenyConnection)."""
         async_to_sync(self._join_groups)()
         try:
             self.connect()
@@ -645,7 +644,7 @@ class WebsocketConsumer(_WebsocketCore, SyncConsumer):
             async_to_sync(self._do_deny)(*messages)
 
     def websocket_disconnect(self, message: Message) -> None:
-        """Leave :attr:`groups`, then call :meth:`disconnect` with the close code."""
+        """Leave ``groups``, then call :meth:`disconnect` with the close code."""
         self._ws_state = _CLOSED
         async_to_sync(self._leave_groups)()
         self.disconnect(message.get("code", 1005))
