@@ -71,9 +71,7 @@ __all__ = [
     "LayerStatistics",
     "MessageSerializer",
     "MsgpackSerializer",
-    "non_local_name",
-    "require_valid_channel_name",
-    "require_valid_group_name",
+    "normalised_copy",
     "require_valid_message",
 ]
 
