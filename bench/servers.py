@@ -241,9 +241,12 @@ def versions() -> dict[str, str]:
     for k, v in freeze(CHANNELS_VENV / "bin" / "python", dj_names).items():
         out[f"channels-venv:{k}"] = v
     try:
-        out["trichannels"] = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout.strip()
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "trichannels"],
+                               capture_output=True, text=True).stdout.splitlines()
+        out["trichannels"] = head + (f" + {len(dirty)} uncommitted file(s) in trichannels/ (work tree as run)"
+                                     if dirty else "")
     except OSError:
         pass
     for name, argv in {"node": ["node", "--version"], "redis": ["redis-server", "--version"],
