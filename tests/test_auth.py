@@ -11,6 +11,7 @@ from uuid import uuid4
 import coredis
 import pytest
 import trio
+import trio.testing
 
 from trichannels.auth import (
     SESSION_KEY,
@@ -277,6 +278,20 @@ async def test_logout_after_handshake_warns_for_signed_cookies(
         "the session was emptied after its cookie was sent: the client keeps its old signed "
         "cookie, which stays valid until it expires"
     ]
+
+
+async def test_login_logout_are_checkpoints() -> None:
+    """login and logout are checkpoints even when no store I/O is needed."""
+    scope: Scope = {
+        "session": Session(SignedCookieSessionStore([KEY]), None, {}),
+        "user": None,
+    }
+    with trio.testing.assert_checkpoints():
+        await login(scope, 1)
+    with trio.testing.assert_checkpoints():
+        await logout(scope)
+    assert scope["user"] == AnonymousUser()
+    assert scope["session"].is_empty
 
 
 async def test_session_helpers_need_session() -> None:

@@ -12,6 +12,7 @@ from uuid import uuid4
 import coredis
 import pytest
 import trio
+import trio.testing
 
 from trichannels.exceptions import ConfigurationError
 from trichannels.sessions import (
@@ -540,6 +541,61 @@ async def test_session_mapping_rules() -> None:
     assert dict(session) == {"b": 2}
     assert repr(session) == "<Session with 1 keys, modified>"
     assert isinstance(SignedCookieSessionStore([KEY_A]), SessionStore)
+
+
+async def test_operations_are_checkpoints() -> None:
+    """Store methods and Session.save/flush are checkpoints even when they do no I/O."""
+    store = SignedCookieSessionStore([KEY_A])
+    with trio.testing.assert_checkpoints():
+        cookie = await store.save(None, {"a": 1}, max_age=60)
+    with trio.testing.assert_checkpoints():
+        assert await store.load(cookie, max_age=60) == {"a": 1}
+    with trio.testing.assert_checkpoints():
+        await store.delete(cookie)
+    session = Session(store, None, {})
+    with trio.testing.assert_checkpoints():
+        await session.save()
+    with trio.testing.assert_checkpoints():
+        await session.flush()
+    with trio.testing.assert_no_checkpoints():
+        session["x"] = 1
+        session.cycle_key()
+
+
+class BlockingStore:
+    """A store whose save never returns (to test cancellation)."""
+
+    data_in_cookie = False
+
+    async def load(self, session_key: str, *, max_age: int) -> dict[str, Any] | None:
+        await trio.lowlevel.checkpoint()
+        return {"n": 1}
+
+    async def save(self, session_key: str | None, data: Any, *, max_age: int) -> str:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def delete(self, session_key: str) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+async def test_cancelled_save_leaves_session_unsaved(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A save cancelled mid-write keeps key, data and 'modified', so a later save can retry."""
+    session = Session(BlockingStore(), "k" * 43, {"n": 1}, client_cookie="k" * 43)
+    session["n"] = 2
+    session.cycle_key()
+    with trio.move_on_after(5) as scope:
+        await session.save()
+    assert scope.cancelled_caught
+    assert trio.current_time() == 5
+    assert (session.session_key, dict(session), session.modified) == (
+        "k" * 43,
+        {"n": 2},
+        True,
+    )
+    assert session.cookie_settable
 
 
 async def test_no_save_on_500() -> None:

@@ -23,6 +23,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, final
 from urllib.parse import unquote_plus
 
+import anyio.lowlevel
+
 from trichannels.exceptions import ConfigurationError
 from trichannels.middleware import BaseMiddleware
 from trichannels.sessions import (
@@ -127,6 +129,8 @@ async def login(scope: Scope, user_id: str | int, *, user: object = None) -> Non
     if current is not None and current != user_id:
         await session.flush()
         session.cycle_key()
+    else:
+        await anyio.lowlevel.checkpoint()
     session[SESSION_KEY] = user_id
     if user is not None:
         scope["user"] = user
@@ -314,6 +318,8 @@ class TokenAuthMiddleware(BaseMiddleware):
             user = await self.authenticate(token)
             if user is None:
                 logger.info("token authentication failed (token from the %s)", carrier)
+        else:
+            await anyio.lowlevel.checkpoint()
         scope["user"] = AnonymousUser() if user is None else user
 
     @staticmethod

@@ -44,6 +44,8 @@ from typing import (
     runtime_checkable,
 )
 
+import anyio.lowlevel
+
 from trichannels.exceptions import ConfigurationError, TrichannelsError
 from trichannels.middleware import BaseMiddleware
 
@@ -356,6 +358,7 @@ class CookieMiddleware(BaseMiddleware):
             )
         values = [value for name, value in headers if name.lower() == b"cookie"]
         scope["cookies"] = parse_cookie(b"; ".join(values).decode("utf-8", "replace"))
+        await anyio.lowlevel.checkpoint()
 
 
 # -- session stores ---------------------------------------------------------------------
@@ -526,7 +529,11 @@ class SignedCookieSessionStore:
         return hmac.digest(key, body.encode("ascii"), hashlib.sha256)
 
     async def load(self, session_key: str, *, max_age: int) -> dict[str, Any] | None:
-        """Verify the cookie and return its data, or ``None`` (logged) if it is rejected."""
+        """Verify the cookie and return its data, or ``None`` (logged) if it is rejected.
+
+        A checkpoint, like every store method, although it does no I/O.
+        """
+        await anyio.lowlevel.checkpoint()
         match = _SIGNED_RE.fullmatch(session_key)
         if match is None:
             logger.warning(
@@ -573,6 +580,7 @@ class SignedCookieSessionStore:
             ValueError: the cookie would exceed 4000 bytes.
         """
         del session_key, max_age
+        await anyio.lowlevel.checkpoint()
         body = f"{_b64encode(_encode_data(data))}.{int(self._clock())}"
         cookie = f"{body}.{_b64encode(self._sign(self._keys[0], body))}"
         if len(cookie) > _COOKIE_SIZE_LIMIT:
@@ -584,8 +592,9 @@ class SignedCookieSessionStore:
         return cookie
 
     async def delete(self, session_key: str) -> None:
-        """Do nothing: a signed cookie cannot be revoked server side."""
+        """Do nothing (but checkpoint): a signed cookie cannot be revoked server side."""
         del session_key
+        await anyio.lowlevel.checkpoint()
 
 
 _REDIS_KEY_RE: Final = re.compile(r"[A-Za-z0-9_-]{43}")
@@ -645,6 +654,7 @@ class RedisSessionStore:
         del max_age  # Redis expires the record itself
         if not self._valid(session_key):
             logger.warning("rejected a session cookie: not a well-formed session key")
+            await anyio.lowlevel.checkpoint()
             return None
         raw = await self.client.get(self.key_prefix + session_key)
         if raw is None:
@@ -666,9 +676,12 @@ class RedisSessionStore:
         """
         payload = _encode_data(data)
         if session_key is not None:
-            if not self._valid(session_key) or not await self.client.set(
+            if not self._valid(session_key):
+                raise SessionGone
+            updated = await self.client.set(
                 self.key_prefix + session_key, payload, condition=self._xx, ex=max_age
-            ):
+            )
+            if not updated:
                 raise SessionGone
             return session_key
         while True:  # a collision of 256-bit random keys will not happen; loop anyway
@@ -682,6 +695,8 @@ class RedisSessionStore:
         """Delete the record (nothing happens if it does not exist)."""
         if self._valid(session_key):
             await self.client.delete([self.key_prefix + session_key])
+        else:
+            await anyio.lowlevel.checkpoint()
 
 
 # -- the session object -----------------------------------------------------------------
@@ -804,6 +819,8 @@ class Session(MutableMapping[str, Any]):
         if not self._data:
             if self._key is not None:
                 await self._store.delete(self._key)
+            else:
+                await anyio.lowlevel.checkpoint()
             self._key = None
             self._cycle = False
             self._client_should_hold(None)
@@ -824,6 +841,7 @@ class Session(MutableMapping[str, Any]):
             self._cycle = False
             self.modified = False
             self._client_should_hold(None)
+            await anyio.lowlevel.checkpoint()
             return
         if self._cycle and old_key is not None and old_key != new_key:
             await self._store.delete(old_key)
@@ -844,6 +862,8 @@ class Session(MutableMapping[str, Any]):
         self.modified = True
         if key is not None:
             await self._store.delete(key)
+        else:
+            await anyio.lowlevel.checkpoint()
 
     def cycle_key(self) -> None:
         """Move the data to a new session key at the next save, deleting the old record.
@@ -1006,6 +1026,8 @@ class SessionMiddleware(BaseMiddleware):
         data = None
         if cookie is not None:
             data = await self.store.load(cookie, max_age=self.max_age)
+        else:
+            await anyio.lowlevel.checkpoint()
         scope["session"] = Session(
             self.store,
             cookie if data is not None else None,
@@ -1021,19 +1043,19 @@ class SessionMiddleware(BaseMiddleware):
         async def send_with_session(message: Message) -> None:
             kind = message.get("type")
             if kind in _COOKIE_MESSAGES and session.cookie_settable:
-                message = await self._attach_cookie(session, message)
+                if message.get("status") != 500 and (
+                    session.modified
+                    or (self.save_every_request and not session.is_empty)
+                ):
+                    await session.save()
+                message = self._attach_cookie(session, message)
             elif kind == "websocket.close":
                 session._lock()
             await send(message)
 
         return send_with_session
 
-    async def _attach_cookie(self, session: Session, message: Message) -> Message:
-        failed = message.get("status") == 500
-        if not failed and (
-            session.modified or (self.save_every_request and not session.is_empty)
-        ):
-            await session.save()
+    def _attach_cookie(self, session: Session, message: Message) -> Message:
         change = session._take_cookie_change()
         if isinstance(change, _Unchanged):
             return message
