@@ -23,7 +23,8 @@ What the server sees, and when the instance ends:
   debug level): a group broadcast racing a close is not an error.
 * After the consumer closes (``close``, ``deny``, ``send(close=True)``) the
   instance ends when the server's ``websocket.disconnect`` arrives; if none
-  arrives within ``close_timeout`` seconds one is synthesized (code 1006), so the instance always ends.
+  arrives within ``close_timeout`` seconds, one is synthesized (code 1006), so
+  the instance always ends.
 * When the instance ends with the socket still open it is closed: with 1000
   after a clean end (``StopConsumer``), with 1011 after an unhandled exception.
   An exception before the handshake was answered refuses it (with an HTTP 500
