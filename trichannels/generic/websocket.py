@@ -42,6 +42,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 import anyio
+import anyio.lowlevel
 
 from trichannels._validation import validate_outgoing
 from trichannels.consumer import AsyncConsumer, SyncConsumer
@@ -180,6 +181,7 @@ class _WebsocketCore(AsyncConsumer):
                 self.scope.get("path"),
                 state,
             )
+            await anyio.lowlevel.checkpoint()
 
     async def _do_accept(self, message: Message) -> None:
         state = self._ws_state
@@ -194,10 +196,12 @@ class _WebsocketCore(AsyncConsumer):
             raise UnexpectedMessage(
                 message["type"], "the connection was already closed or refused"
             )
-        # _CLOSED: the client left before the answer; nothing to do.
+        else:  # _CLOSED: the client left before the answer; nothing to send.
+            await anyio.lowlevel.checkpoint()
 
     async def _do_close(self, message: Message) -> None:
         if self._ws_state is _CLOSING or self._ws_state is _CLOSED:
+            await anyio.lowlevel.checkpoint()
             return
         self._ws_state = _CLOSING
         await self.base_send(message)
@@ -206,6 +210,7 @@ class _WebsocketCore(AsyncConsumer):
     async def _do_deny(self, start: Message, end: Message) -> None:
         state = self._ws_state
         if state is _CLOSED:
+            await anyio.lowlevel.checkpoint()
             return
         if state is not _CONNECTING:
             raise UnexpectedMessage(
@@ -248,12 +253,14 @@ class _WebsocketCore(AsyncConsumer):
             )
         except Exception as exc:  # the connection may already be gone
             logger.debug("could not send going-away close: %r", exc)
+            await anyio.lowlevel.checkpoint()
 
     # -- groups ----------------------------------------------------------------------
 
-    async def _join_groups(self) -> None:
+    async def _join_groups(self) -> None:  # noqa: ASYNC910 - the loop runs at least once
         groups = self.groups
         if not groups:
+            await anyio.lowlevel.checkpoint()
             return
         if isinstance(groups, str):
             msg = f"{type(self).__qualname__}.groups must be a list of group names, got the str {groups!r}"
@@ -275,10 +282,11 @@ class _WebsocketCore(AsyncConsumer):
             await layer.group_add(group, self.channel_name)
             self._joined.append(group)
 
-    async def _leave_groups(self) -> None:
+    async def _leave_groups(self) -> None:  # noqa: ASYNC910 - the loop runs at least once
         joined, self._joined = self._joined, []
         layer = self.channel_layer
-        if layer is None:
+        if layer is None or not joined:
+            await anyio.lowlevel.checkpoint()
             return
         for group in joined:
             try:
@@ -295,18 +303,20 @@ class _WebsocketCore(AsyncConsumer):
     # -- end of the instance ---------------------------------------------------------
 
     async def _instance_cleanup(self) -> None:
+        # The core runs this shielded and bounded by close_timeout.
         try:
             await self._close_on_exit()
         finally:
             try:
-                await self._leave_groups()
+                await self._leave_groups()  # noqa: ASYNC102 - shielded by the caller
             finally:
-                await super()._instance_cleanup()
+                await super()._instance_cleanup()  # noqa: ASYNC102 - shielded by the caller
 
     async def _close_on_exit(self) -> None:
         """Close (or refuse) a connection the instance leaves behind."""
         state = self._ws_state
         if state is _CLOSING or state is _CLOSED:
+            await anyio.lowlevel.checkpoint()
             return
         self._ws_state = _CLOSING
         failed = self._error is not None
@@ -339,6 +349,7 @@ class _WebsocketCore(AsyncConsumer):
                 self.scope.get("path"),
                 exc_info=True,
             )
+            await anyio.lowlevel.checkpoint()
 
 
 class AsyncWebsocketConsumer(_WebsocketCore):
@@ -554,15 +565,18 @@ class AsyncJsonWebsocketConsumer(AsyncWebsocketConsumer):
         """Encode ``content`` with :meth:`encode_json` and send it as a text frame."""
         await self.send(text_data=await self.encode_json(content), close=close)
 
+    # Async (as in Channels) so that overrides may await; the defaults are not
+    # checkpoints, to keep two scheduler round trips off every JSON frame.
+
     @classmethod
     async def decode_json(cls, text_data: str) -> Any:
         """Decode a text frame (``json.loads``); raise ``ValueError`` for invalid input."""
-        return json.loads(text_data)
+        return json.loads(text_data)  # noqa: ASYNC910
 
     @classmethod
     async def encode_json(cls, content: Any) -> str:
         """Encode content for a text frame (``json.dumps``)."""
-        return json.dumps(content)
+        return json.dumps(content)  # noqa: ASYNC910
 
 
 class WebsocketConsumer(_WebsocketCore, SyncConsumer):

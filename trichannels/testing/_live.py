@@ -138,7 +138,7 @@ async def live_server(
         port = int(binds[0].rsplit(":", 1)[1])
         try:
             yield LiveServer(host=host, port=port)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: ASYNC103 - re-raised below
             # Re-raised below, outside the nursery, so that it is not wrapped
             # in an exception group together with the server's cancellation.
             body_error = exc
