@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 import pytest
 import trio
 
@@ -194,3 +196,57 @@ def test_inner_must_be_callable() -> None:
         match=r"^inner must be an ASGI application \(a callable\), got 'nope'$",
     ):
         BaseMiddleware("nope")  # type: ignore[arg-type]
+
+
+def test_middleware_stack_neutral(backend: str) -> None:
+    """Origin check, token auth, cookies, sessions and auth work the same on asyncio and trio."""
+
+    async def body() -> None:
+        async def get_user(scope: Scope) -> Any:
+            await anyio.lowlevel.checkpoint()
+            return scope["session"].get("name")
+
+        async def authenticate(token: str) -> Any:
+            await anyio.lowlevel.checkpoint()
+            return "bob" if token == "t0k" else None
+
+        async def inner(scope: Scope, receive: Receive, send: Send) -> None:
+            await receive()
+            if scope["type"] == "http":
+                scope["session"]["name"] = "alice"
+                await send(
+                    {"type": "http.response.start", "status": 200, "headers": []}
+                )
+                await send({"type": "http.response.body", "body": b""})
+                return
+            await send({"type": "websocket.accept"})
+            await send({"type": "websocket.send", "text": f"{scope['user']}"})
+            await receive()
+
+        store = SignedCookieSessionStore([KEY])
+        http_app = AuthMiddlewareStack(inner, get_user, store)
+        async with HttpCommunicator(http_app, "GET", "/") as http:
+            response = await http.get_response()
+        [(_, cookie)] = response["headers"]
+        cookie_header = cookie.split(b";")[0]
+        ws_app = OriginValidator(
+            AuthMiddlewareStack(inner, get_user, store), ["good.test"]
+        )
+        headers = [(b"origin", b"https://good.test"), (b"cookie", cookie_header)]
+        async with WebsocketCommunicator(ws_app, "/", headers=headers) as comm:
+            assert (await comm.connect())[0]
+            assert await comm.receive_from() == "alice"
+        token_app = OriginValidator(
+            TokenAuthMiddleware(inner, authenticate), ["good.test"]
+        )
+        async with WebsocketCommunicator(
+            token_app, "/?token=t0k", headers=headers[:1]
+        ) as comm:
+            assert (await comm.connect())[0]
+            assert await comm.receive_from() == "bob"
+        async with WebsocketCommunicator(
+            ws_app, "/", headers=[(b"origin", b"https://x.test")]
+        ) as comm:
+            assert await comm.connect() == (False, 403)
+
+    anyio.run(body, backend=backend)
