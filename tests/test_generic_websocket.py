@@ -907,3 +907,36 @@ def test_public_names() -> None:
         "JsonWebsocketConsumer",
         "WebsocketConsumer",
     ]
+
+
+def test_websocket_consumers_neutral(backend: str) -> None:
+    """Async, sync and JSON consumers behave the same on asyncio and trio."""
+    import anyio
+
+    async def body() -> None:
+        with anyio.fail_after(10):
+            for cls in (AsyncProbe, SyncProbe):
+                events: list[Any] = []
+                async with WebsocketCommunicator(
+                    cls.as_asgi(events=events), "/ws/"
+                ) as comm:
+                    assert await comm.connect() == (True, None)
+                    await comm.send_to(bytes_data=b"x")
+                    assert await comm.receive_from() == b"x"
+                    await comm.send_to(text_data=call("close", code=4000, reason="r"))
+                    assert await comm.receive_output() == {
+                        "type": "websocket.close",
+                        "code": 4000,
+                        "reason": "r",
+                    }
+                    await comm.disconnect(code=4000)
+                assert events == [("disconnect", 4000)]
+            for json_cls in (AsyncJsonProbe, SyncJsonProbe):
+                async with WebsocketCommunicator(json_cls.as_asgi(), "/ws/") as comm:
+                    await comm.connect()
+                    await comm.send_json_to([1])
+                    assert await comm.receive_json_from() == {"echo": [1]}
+                    await comm.send_to(text_data="")
+                    assert (await comm.receive_output())["code"] == 1007
+
+    anyio.run(body, backend=backend)
