@@ -18,7 +18,7 @@ cancellation-safe on every backend: if it raises, it took nothing.
 from __future__ import annotations
 
 import heapq
-import itertools
+import math
 import typing
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -39,6 +39,7 @@ from trichannels.layers.base import (
     LayerStatistics,
     MessageSerializer,
     MsgpackSerializer,
+    _Event,
     _lowlevel,
     require_valid_message,
 )
@@ -74,8 +75,8 @@ class _Waiter:
 
     __slots__ = ("event", "item")
 
-    def __init__(self) -> None:
-        self.event = anyio.Event()
+    def __init__(self, event: _Event) -> None:
+        self.event = event
         self.item: _Item | None = None
 
 
@@ -84,14 +85,13 @@ _CLOSED: Final[_Item] = (0.0, {}, None)
 
 
 class _Channel:
-    __slots__ = ("capacity", "in_heap", "name", "queue", "waiters")
+    __slots__ = ("capacity", "name", "queue", "waiters")
 
     def __init__(self, name: str, capacity: int) -> None:
         self.name = name
         self.capacity = capacity
         self.queue: deque[_Item] = deque()
         self.waiters: deque[_Waiter] = deque()
-        self.in_heap = False
 
 
 @typing.final
@@ -148,9 +148,12 @@ class InMemoryChannelLayer(BaseChannelLayer):
         self._member_of: dict[str, set[str]] = {}  # channel -> groups
         self._queued = 0
         self._members = 0
-        self._seq = itertools.count()
-        self._channel_heap: list[tuple[float, int, _Channel]] = []
-        self._group_heap: list[tuple[float, int, str, str]] = []
+        # Lazy expiry: (due, channel) for channels whose head may expire, at most one
+        # entry per name; (due, group, channel) for memberships; both swept when due.
+        self._heap: list[tuple[float, str]] = []
+        self._in_heap: set[str] = set()
+        self._group_heap: list[tuple[float, str, str]] = []
+        self._next_due = math.inf
         self._fast_copy = type(self.serializer) is MsgpackSerializer
 
     # ------------------------------------------------------------------ internals
@@ -165,6 +168,14 @@ class InMemoryChannelLayer(BaseChannelLayer):
         if not ch.queue and not ch.waiters and self._channels.get(ch.name) is ch:
             del self._channels[ch.name]
 
+    def _schedule(self, name: str, due: float) -> None:
+        """Make sure the sweep looks at channel ``name`` by ``due``."""
+        if name not in self._in_heap:
+            self._in_heap.add(name)
+            heapq.heappush(self._heap, (due, name))
+            if due < self._next_due:
+                self._next_due = due
+
     def _put(self, ch: _Channel, item: _Item) -> None:
         """Hand ``item`` to a parked receiver or queue it; ``ChannelFull`` if neither."""
         if ch.waiters:
@@ -174,9 +185,8 @@ class InMemoryChannelLayer(BaseChannelLayer):
         elif len(ch.queue) >= ch.capacity:
             raise ChannelFull(ch.name, ch.capacity)
         else:
-            if not ch.in_heap:
-                ch.in_heap = True
-                heapq.heappush(self._channel_heap, (item[0], next(self._seq), ch))
+            if not ch.queue:
+                self._schedule(ch.name, item[0])
             ch.queue.append(item)
             self._queued += 1
         self._counters.sent += 1
@@ -189,9 +199,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
             waiter.item = item
             waiter.event.set()
             return
-        if not ch.in_heap:
-            ch.in_heap = True
-            heapq.heappush(self._channel_heap, (item[0], next(self._seq), ch))
+        self._schedule(name, item[0])
         ch.queue.appendleft(item)
         self._queued += 1
 
@@ -223,22 +231,21 @@ class InMemoryChannelLayer(BaseChannelLayer):
                     del self._member_of[channel]
 
     def _sweep(self, now: float) -> None:
-        """Expire what is due: channel heads and memberships. O(1) when nothing is."""
-        heap = self._channel_heap
+        """Expire what is due: channel heads and memberships; called only when something is."""
+        heap = self._heap
         while heap and heap[0][0] <= now:
-            _, _, ch = heapq.heappop(heap)
-            ch.in_heap = False
-            if self._channels.get(ch.name) is not ch:
-                continue
-            self._expire_head(ch, now)
-            if ch.queue:
-                ch.in_heap = True
-                heapq.heappush(heap, (ch.queue[0][0], next(self._seq), ch))
-            else:
+            _, name = heapq.heappop(heap)
+            ch = self._channels.get(name)
+            if ch is not None:
+                self._expire_head(ch, now)
+                if ch.queue:  # re-arm for the new head
+                    heapq.heappush(heap, (ch.queue[0][0], name))
+                    continue
                 self._forget_if_idle(ch)
+            self._in_heap.discard(name)
         gheap = self._group_heap
         while gheap and gheap[0][0] <= now:
-            _, _, group, channel = heapq.heappop(gheap)
+            _, group, channel = heapq.heappop(gheap)
             joined = self._groups.get(group, {}).get(channel)
             if joined is None:
                 continue
@@ -246,18 +253,16 @@ class InMemoryChannelLayer(BaseChannelLayer):
             if due <= now:
                 self._remove_member(group, channel)
             else:
-                heapq.heappush(gheap, (due, next(self._seq), group, channel))
+                heapq.heappush(gheap, (due, group, channel))
+        self._next_due = min(
+            heap[0][0] if heap else math.inf, gheap[0][0] if gheap else math.inf
+        )
 
-    def _take(self, ch: _Channel, now: float) -> dict[str, Any] | None:
-        """Pop the first live message of ``ch``, or None."""
-        if ch.queue and ch.queue[0][0] <= now:
-            self._expire_head(ch, now)
-        if not ch.queue:
-            return None
-        _, message, cloner = ch.queue.popleft()
-        self._queued -= 1
-        self._counters.received += 1
-        return message if cloner is None else cloner(message)
+    def _clear_schedule(self) -> None:
+        self._heap.clear()
+        self._in_heap.clear()
+        self._group_heap.clear()
+        self._next_due = math.inf
 
     def _copy(self, message: Mapping[str, Any]) -> dict[str, Any]:
         return self.serializer.copy(require_valid_message(message))
@@ -287,12 +292,16 @@ class InMemoryChannelLayer(BaseChannelLayer):
         copy = self._copy(message)
         ll = _lowlevel()
         await ll.checkpoint_if_cancelled()
-        self._check_open()
+        if self._closed:
+            self._check_open()
         now = ll.current_time() if self._custom_clock is None else self._custom_clock()
-        if self._channel_heap or self._group_heap:
+        if now >= self._next_due:
             self._sweep(now)
+        ch = self._channels.get(channel)
+        if ch is None:
+            ch = self._channels[channel] = _Channel(channel, self.get_capacity(channel))
         try:
-            self._put(self._get_channel(channel), (now + self.expiry, copy, None))
+            self._put(ch, (now + self.expiry, copy, None))
         except ChannelFull:
             await ll.cancel_shielded_checkpoint()
             raise
@@ -308,19 +317,27 @@ class InMemoryChannelLayer(BaseChannelLayer):
         require_valid_channel_name(channel)
         ll = _lowlevel()
         await ll.checkpoint_if_cancelled()
-        self._check_open()
+        if self._closed:
+            self._check_open()
         now = ll.current_time() if self._custom_clock is None else self._custom_clock()
-        if self._channel_heap or self._group_heap:
+        if now >= self._next_due:
             self._sweep(now)
         ch = self._channels.get(channel)
-        if ch is not None and ch.queue:
-            message = self._take(ch, now)
-            if message is not None:
-                self._forget_if_idle(ch)
+        if ch is not None:
+            queue = ch.queue
+            if queue and queue[0][0] <= now:
+                self._expire_head(ch, now)
+            if queue:
+                _, message, cloner = queue.popleft()
+                self._queued -= 1
+                self._counters.received += 1
+                if not queue and not ch.waiters:
+                    del self._channels[channel]
                 await ll.cancel_shielded_checkpoint()
-                return message
-        ch = self._get_channel(channel)
-        waiter = _Waiter()
+                return message if cloner is None else cloner(message)
+        else:
+            ch = self._channels[channel] = _Channel(channel, self.get_capacity(channel))
+        waiter = _Waiter(ll.Event())
         ch.waiters.append(waiter)
         try:
             await waiter.event.wait()
@@ -351,7 +368,8 @@ class InMemoryChannelLayer(BaseChannelLayer):
         """Return a new unique ``"{prefix}.inmemory!{token}"`` channel name. A checkpoint."""
         ll = _lowlevel()
         await ll.checkpoint_if_cancelled()
-        self._check_open()
+        if self._closed:
+            self._check_open()
         name = new_channel_name(prefix, "inmemory")
         while name in self._channels:  # pragma: no cover - 96 random bits
             name = new_channel_name(prefix, "inmemory")
@@ -364,18 +382,19 @@ class InMemoryChannelLayer(BaseChannelLayer):
         require_valid_channel_name(channel)
         ll = _lowlevel()
         await ll.checkpoint_if_cancelled()
-        self._check_open()
+        if self._closed:
+            self._check_open()
         now = ll.current_time() if self._custom_clock is None else self._custom_clock()
-        if self._channel_heap or self._group_heap:
+        if now >= self._next_due:
             self._sweep(now)
         members = self._groups.setdefault(group, {})
         if channel not in members:
             self._members += 1
             self._member_of.setdefault(channel, set()).add(group)
-            heapq.heappush(
-                self._group_heap,
-                (now + self.group_expiry, next(self._seq), group, channel),
-            )
+            due = now + self.group_expiry
+            heapq.heappush(self._group_heap, (due, group, channel))
+            if due < self._next_due:
+                self._next_due = due
         members[channel] = now
         await ll.cancel_shielded_checkpoint()
 
@@ -385,7 +404,8 @@ class InMemoryChannelLayer(BaseChannelLayer):
         require_valid_channel_name(channel)
         ll = _lowlevel()
         await ll.checkpoint_if_cancelled()
-        self._check_open()
+        if self._closed:
+            self._check_open()
         self._remove_member(group, channel)
         await ll.cancel_shielded_checkpoint()
 
@@ -429,9 +449,10 @@ class InMemoryChannelLayer(BaseChannelLayer):
         copy, cloner = self._shared(self._copy(message))
         ll = _lowlevel()
         await ll.checkpoint_if_cancelled()
-        self._check_open()
+        if self._closed:
+            self._check_open()
         now = ll.current_time() if self._custom_clock is None else self._custom_clock()
-        if self._channel_heap or self._group_heap:
+        if now >= self._next_due:
             self._sweep(now)
         self._group_put(group, copy, cloner, now)
         await ll.cancel_shielded_checkpoint()
@@ -449,9 +470,10 @@ class InMemoryChannelLayer(BaseChannelLayer):
         ]
         ll = _lowlevel()
         await ll.checkpoint_if_cancelled()
-        self._check_open()
+        if self._closed:
+            self._check_open()
         now = ll.current_time() if self._custom_clock is None else self._custom_clock()
-        if self._channel_heap or self._group_heap:
+        if now >= self._next_due:
             self._sweep(now)
         expires = now + self.expiry
         first_full: ChannelFull | None = None
@@ -475,9 +497,10 @@ class InMemoryChannelLayer(BaseChannelLayer):
         ]
         ll = _lowlevel()
         await ll.checkpoint_if_cancelled()
-        self._check_open()
+        if self._closed:
+            self._check_open()
         now = ll.current_time() if self._custom_clock is None else self._custom_clock()
-        if self._channel_heap or self._group_heap:
+        if now >= self._next_due:
             self._sweep(now)
         for group, copy, cloner in prepared:
             self._group_put(group, copy, cloner, now)
@@ -490,14 +513,13 @@ class InMemoryChannelLayer(BaseChannelLayer):
         """
         ll = _lowlevel()
         await ll.checkpoint_if_cancelled()
-        self._check_open()
+        if self._closed:
+            self._check_open()
         for ch in list(self._channels.values()):
             ch.queue.clear()
-            ch.in_heap = False
             if not ch.waiters:
                 del self._channels[ch.name]
-        self._channel_heap.clear()
-        self._group_heap.clear()
+        self._clear_schedule()
         self._groups.clear()
         self._member_of.clear()
         self._queued = 0
@@ -523,8 +545,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
                 waiter.item = _CLOSED
                 waiter.event.set()
         self._channels.clear()
-        self._channel_heap.clear()
-        self._group_heap.clear()
+        self._clear_schedule()
         self._groups.clear()
         self._member_of.clear()
         self._queued = 0
