@@ -541,3 +541,158 @@ def test_close_websockets_bad_input(kwargs: dict[str, Any], pattern: str) -> Non
 
     with pytest.raises(ValueError, match=pattern):
         close_websockets(**kwargs)
+
+
+async def test_raw_send_is_validated() -> None:
+    """A malformed ASGI message from a raw consumer fails at the call site, naming the field."""
+
+    class BadSend(Recorder):
+        async def websocket_connect(self, message: Message) -> None:
+            await self.send({"type": "websocket.send", "text": b"not str"})
+
+    async with ApplicationCommunicator(BadSend(), SCOPE) as comm:
+        await comm.send_input({"type": "websocket.connect"})
+        with pytest.raises(TypeError, match=r"'text'"):
+            await comm.wait()
+        assert await comm.receive_nothing()
+
+
+class LayerUser(AsyncConsumer):
+    """Accepts, reports its channel name, and has one real layer-event handler."""
+
+    channel_layer_alias = "default"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.calls: list[str] = []
+
+    async def websocket_connect(self, message: Message) -> None:
+        await self.send({"type": "websocket.accept"})
+        await self.send({"type": "websocket.send", "text": self.channel_name})
+
+    async def websocket_receive(self, message: Message) -> None:
+        self.calls.append("websocket_receive")
+
+    async def websocket_disconnect(self, message: Message) -> None:
+        raise StopConsumer
+
+    async def chat_message(self, event: Message) -> None:
+        self.calls.append("chat_message")
+        await self.send({"type": "websocket.send", "text": event["text"]})
+
+    async def helper_method(self, event: Message) -> None:
+        self.calls.append("helper_method")
+
+
+@pytest.fixture
+async def memory_layer() -> Any:
+    from trichannels.layers import channel_layers
+    from trichannels.layers.memory import InMemoryChannelLayer
+
+    async with InMemoryChannelLayer() as layer:
+        previous = channel_layers.set("default", layer)
+        try:
+            yield layer
+        finally:
+            channel_layers.set("default", previous)
+
+
+async def test_layer_events_reach_handlers(memory_layer: Any) -> None:
+    """A layer message whose type names a handler is dispatched in order with client events."""
+    consumer = LayerUser()
+    async with ApplicationCommunicator(consumer, SCOPE) as comm:
+        await comm.send_input({"type": "websocket.connect"})
+        await comm.receive_output()
+        channel = (await comm.receive_output())["text"]
+        await memory_layer.send(
+            channel, {"type": "chat.message", "text": "from the layer"}
+        )
+        assert (await comm.receive_output())["text"] == "from the layer"
+    assert consumer.calls == ["chat_message"]
+
+
+@pytest.mark.parametrize(
+    ("message_type", "pattern"),
+    [
+        (
+            "send",
+            r"^refusing channel-layer message of type 'send': 'send' is part of the consumer's own API, not an event handler$",
+        ),
+        ("dispatch", r"'dispatch' is part of the consumer's own API"),
+        ("start.soon", r"'start_soon' is part of the consumer's own API"),
+        (
+            "websocket.receive",
+            r"'websocket_receive' handles 'websocket' protocol events from the server, not layer events$",
+        ),
+    ],
+)
+async def test_layer_messages_cannot_call_api_methods(
+    memory_layer: Any, message_type: str, pattern: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A layer message naming an API or protocol method is refused, logged, and never called."""
+    from trichannels.consumer import RefusedLayerMessage
+
+    consumer = LayerUser()
+    async with ApplicationCommunicator(consumer, SCOPE) as comm:
+        await comm.send_input({"type": "websocket.connect"})
+        await comm.receive_output()
+        channel = (await comm.receive_output())["text"]
+        await memory_layer.send(channel, {"type": message_type, "text": "crafted"})
+        with pytest.raises(RefusedLayerMessage, match=pattern):
+            await comm.wait()
+        assert await comm.receive_nothing()
+    assert consumer.calls == []
+    records = [r for r in caplog.records if r.name == "trichannels.consumer"]
+    assert len(records) == 1
+    assert records[0].exc_info is not None
+    assert isinstance(records[0].exc_info[1], RefusedLayerMessage)
+
+
+async def test_layer_event_allowlist(memory_layer: Any) -> None:
+    """With layer_event_handlers set, only the listed methods can be reached from the layer."""
+    from trichannels.consumer import RefusedLayerMessage
+
+    class Strict(LayerUser):
+        layer_event_handlers = frozenset({"chat_message"})
+
+    consumer = Strict()
+    async with ApplicationCommunicator(consumer, SCOPE) as comm:
+        await comm.send_input({"type": "websocket.connect"})
+        await comm.receive_output()
+        channel = (await comm.receive_output())["text"]
+        await memory_layer.send(channel, {"type": "chat.message", "text": "ok"})
+        assert (await comm.receive_output())["text"] == "ok"
+        await memory_layer.send(channel, {"type": "helper.method"})
+        with pytest.raises(
+            RefusedLayerMessage,
+            match=r"'helper_method' is not in the consumer's layer_event_handlers$",
+        ):
+            await comm.wait()
+    assert consumer.calls == ["chat_message"]
+
+
+async def test_undispatched_layer_messages_are_counted_as_dropped(
+    memory_layer: Any,
+) -> None:
+    """Layer messages taken but never dispatched when the instance ends show up as dropped."""
+
+    class Busy(LayerUser):
+        max_pending_events = 1
+        close_timeout = 0.01
+
+        async def chat_message(self, event: Message) -> None:
+            await trio.sleep_forever()
+
+    async with ApplicationCommunicator(Busy(), SCOPE) as comm:
+        await comm.send_input({"type": "websocket.connect"})
+        await comm.receive_output()
+        channel = (await comm.receive_output())["text"]
+        for n in range(5):
+            await memory_layer.send(channel, {"type": "chat.message", "text": str(n)})
+        await trio.testing.wait_all_tasks_blocked()
+        await comm.send_input({"type": "websocket.disconnect", "code": 1000})
+        await comm.wait()
+    stats = memory_layer.statistics()
+    # One is being handled (cancelled), one waits in the queue, one is held by the reader.
+    assert stats.messages_dropped == 2
+    assert stats.queued_messages == 2

@@ -40,6 +40,7 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from trichannels._validation import validate_outgoing
 from trichannels.exceptions import StopConsumer
 from trichannels.sync import ThreadSensitiveContext, async_to_sync, sync_to_async
 from trichannels.types import Message
@@ -478,14 +479,8 @@ class AsyncConsumer:
         name = get_handler_name(message)
         reason = self._refusal_reason(name)
         if reason is not None:
-            error = RefusedLayerMessage(message["type"], name, reason)
-            logger.error(
-                "%s (%s): %s",
-                type(self).__qualname__,
-                getattr(self, "channel_name", "?"),
-                error,
-            )
-            raise error
+            # Logged once, with the scope, where the instance records the failure.
+            raise RefusedLayerMessage(message["type"], name, reason)
         await self.dispatch(message)
 
     def _refusal_reason(self, name: str) -> str | None:
@@ -504,7 +499,14 @@ class AsyncConsumer:
     # -- API for handlers --------------------------------------------------------
 
     async def send(self, message: Message) -> None:
-        """Send an ASGI event to the server for this connection (a checkpoint)."""
+        """Send an ASGI event to the server for this connection (a checkpoint).
+
+        Raises:
+            TypeError, ValueError: the message is malformed for the connection's
+                protocol (see :func:`trichannels._validation.validate_outgoing`);
+                nothing is sent.
+        """
+        validate_outgoing(self.scope["type"], message)
         await self.base_send(message)
 
     def start_soon(
@@ -554,7 +556,13 @@ class SyncConsumer(AsyncConsumer):
         await sync_to_async(handler)(message)
 
     def send(self, message: Message) -> None:  # type: ignore[override]
-        """Send an ASGI event to the server; blocks the handler's thread until sent."""
+        """Send an ASGI event to the server; blocks the handler's thread until sent.
+
+        Raises:
+            TypeError, ValueError: the message is malformed for the connection's
+                protocol; nothing is sent.
+        """
+        validate_outgoing(self.scope["type"], message)
         async_to_sync(self.base_send)(message)
 
 
