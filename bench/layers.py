@@ -198,7 +198,9 @@ async def group_concurrent(
     return result
 
 
-async def floor(_layer: BaseChannelLayer, duration: float, _members: int) -> Result:
+async def floor(
+    _layer: BaseChannelLayer | None, duration: float, _members: int
+) -> Result:
     import trio
 
     async def step() -> int:
@@ -254,9 +256,7 @@ async def run(args: argparse.Namespace) -> None:
         kinds.remove("redis")
         if not kinds:
             return
-    names = [s for s in SCENARIOS if s in args.scenarios]
-    if args.backend != "trio" and "floor" in names:
-        names.remove("floor")
+    names = [s for s in SCENARIOS if s in args.scenarios and s != "floor"]
     for kind in kinds:
         print(
             f"{kind} layer on {args.backend} ({args.rounds} rounds of {args.duration:g} s, median and range):",
@@ -273,6 +273,13 @@ async def run(args: argparse.Namespace) -> None:
                     )
         for name in names:
             summarise(name, SCENARIOS[name][0], results[name])
+    if "floor" in args.scenarios and args.backend == "trio":
+        print("trio scheduler alone (no layer):", flush=True)
+        floors: list[Result] = []
+        for round_no in range(1, args.rounds + 1):
+            progress(f"  round {round_no}/{args.rounds}: floor ...")
+            floors.append(await floor(None, args.duration, args.members))
+        summarise("floor", SCENARIOS["floor"][0], floors)
 
 
 def main() -> None:
