@@ -10,6 +10,8 @@ from typing import Any
 
 import anyio
 import pytest
+import trio
+import trio.testing
 
 import trichannels.layers
 from trichannels.exceptions import InvalidChannelLayerError
@@ -492,3 +494,36 @@ def test_open_channel_layers_neutral(
 
     anyio.run(body, backend=backend)
     assert BackgroundLayer.events == ["started", "aclose", "stopped"]
+
+
+class SlowCloseLayer(BackgroundLayer):
+    """A layer whose graceful close takes ``delay`` seconds."""
+
+    close_timeout = 2.0
+
+    def __init__(self, *, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+
+    async def _aclose(self) -> None:
+        await anyio.sleep(self.delay)
+        BackgroundLayer.events.append("closed gracefully")
+
+
+async def test_aclose_graceful_part_is_shielded_and_bounded(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """aclose() finishes its graceful part despite the caller's cancellation, but never beyond close_timeout."""
+    BackgroundLayer.events.clear()
+    layer = SlowCloseLayer(delay=1)
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await layer.aclose()
+    assert scope.cancelled_caught
+    assert BackgroundLayer.events == ["closed gracefully"]
+    assert trio.current_time() == 1
+    stuck = SlowCloseLayer(delay=100)
+    await stuck.aclose()
+    assert trio.current_time() == 3
+    assert stuck.closed
+    assert BackgroundLayer.events == ["closed gracefully"]

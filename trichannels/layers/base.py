@@ -496,6 +496,8 @@ class BaseChannelLayer(anyio.abc.AsyncResource):
     supported_deliveries: ClassVar[frozenset[Delivery]] = frozenset({"at-most-once"})
     requires_open: ClassVar[bool] = False
     """True for layers that must be opened with ``async with`` before use."""
+    close_timeout: ClassVar[float] = 5.0
+    """Seconds ``aclose()`` gives :meth:`_aclose` (shielded from cancellation) before cutting it short."""
 
     def __init__(
         self,
@@ -615,8 +617,10 @@ class BaseChannelLayer(anyio.abc.AsyncResource):
     async def _aclose(self) -> None:
         """Release resources and wake waiting receivers; override in layers.
 
-        Called once, by ``aclose()``, after ``closed`` became True. It may be
-        cancelled; it must leave the layer closed regardless.
+        Called once, by ``aclose()``, after ``closed`` became True, inside a
+        cancel scope shielded from the caller's cancellation but with a
+        deadline of ``close_timeout`` seconds; if cut short it must still leave
+        the layer closed.
         """
 
     async def __aenter__(self) -> Self:
@@ -627,6 +631,7 @@ class BaseChannelLayer(anyio.abc.AsyncResource):
         if self._entered:
             msg = f"{type(self).__name__} is already open"
             raise RuntimeError(msg)
+        await anyio.lowlevel.checkpoint()
         stack = contextlib.AsyncExitStack()
         try:
             await stack.enter_async_context(self._lifespan())
@@ -658,7 +663,11 @@ class BaseChannelLayer(anyio.abc.AsyncResource):
         """
         if not self._closed:
             self._closed = True
-            await self._aclose()
+            # The graceful part runs shielded, bounded by close_timeout; a
+            # cancellation of the caller is delivered by the checkpoint after it.
+            with anyio.CancelScope(shield=True) as scope:
+                scope.deadline = anyio.current_time() + self.close_timeout
+                await self._aclose()
         await anyio.lowlevel.checkpoint()
 
     async def close(self) -> None:
