@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 
 import anyio
 import anyio.from_thread
+import anyio.lowlevel
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectSendStream
 
@@ -227,10 +228,10 @@ class _WsgiRequest:
                 }
             )
             await self.send({"type": "http.response.body", "body": _SERVER_ERROR})
-        except (
-            Exception
-        ):  # the server could not take it; the original error matters more
+        except Exception:
+            # The server could not take it; the original error matters more.
             logger.debug("could not send the 500 response", exc_info=True)
+            await anyio.lowlevel.checkpoint()
 
     async def _read_request(self) -> None:
         try:
@@ -240,8 +241,10 @@ class _WsgiRequest:
         except Exception as exc:
             self._record(exc)
             self.disconnected = True
+            await anyio.lowlevel.checkpoint()
 
     async def _read_body(self, body: MemoryObjectSendStream[bytes]) -> None:
+        await anyio.lowlevel.checkpoint()
         with body:
             while not self.disconnected:
                 message = await self._receive_one()
@@ -278,13 +281,15 @@ class _WsgiRequest:
         try:
             return await self.body_receive.receive()
         except anyio.EndOfStream:
-            if self.body_complete:
-                return None
-            msg = "the client disconnected before sending the whole request body"
-            raise RequestAborted(msg) from None
+            pass  # receive() checkpointed before it found the stream closed
+        if self.body_complete:
+            return None  # noqa: ASYNC910 - receive() checkpointed before raising
+        msg = "the client disconnected before sending the whole request body"
+        raise RequestAborted(msg)
 
     async def _send_chunk(self, data: bytes) -> _SendResult:
         if self.disconnected:
+            await anyio.lowlevel.checkpoint()
             return "disconnected"
         if not self.response_started:
             await self._start_response()
@@ -302,6 +307,7 @@ class _WsgiRequest:
 
     async def _finish(self) -> None:
         if self.disconnected:
+            await anyio.lowlevel.checkpoint()
             return
         if not self.response_started:
             if self.status is None:
