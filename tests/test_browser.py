@@ -1,7 +1,8 @@
 """The chat demo in a real headless Chromium, driven by Selenium.
 
 The demo is served in-process by :func:`~trichannels.testing.live_server`
-(real Hypercorn, trio worker) on the in-memory layer. Two browser sessions
+(real Hypercorn, trio worker) on the in-memory layer that the plugin's
+``channel_layer`` fixture installs as "default" (and removes after). Two browser sessions
 (two ChromeDriver sessions, so two separate browser contexts with their own
 profiles) join one room, talk, see the member count, then lose their
 sockets when the test closes them server-side and must reconnect by
@@ -29,7 +30,7 @@ import trio
 
 from trichannels.consumer import close_websockets
 from trichannels.demo import make_application
-from trichannels.layers import InMemoryChannelLayer, channel_layers
+from trichannels.layers import InMemoryChannelLayer
 from trichannels.testing import live_server
 
 CHROMIUM: Final = Path("/usr/bin/chromium")
@@ -67,17 +68,6 @@ def _require_browser() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
-
-
-@pytest.fixture
-async def memory_layer() -> AsyncIterator[InMemoryChannelLayer]:
-    """An in-memory layer installed as "default" for the in-process server."""
-    async with InMemoryChannelLayer() as layer:
-        previous = channel_layers.set("default", layer)
-        try:
-            yield layer
-        finally:
-            channel_layers.set("default", previous)
 
 
 async def in_thread(fn: Callable[..., T], *args: Any) -> T:
@@ -197,7 +187,7 @@ async def open_page(tmp_path: Path, name: str) -> AsyncIterator[ChatPage]:
 
 
 async def test_demo_in_two_browsers_chats_and_reconnects(
-    memory_layer: InMemoryChannelLayer, tmp_path: Path
+    channel_layer: InMemoryChannelLayer, tmp_path: Path
 ) -> None:
     """Two Chromium sessions chat through the demo, see 2 members, and reconnect after a server-side close."""
     _require_browser()

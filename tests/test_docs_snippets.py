@@ -220,7 +220,17 @@ SHELL_BLOCKS: Final = [
 
 
 def _params(blocks: list[Block]) -> list[Any]:
-    params = [pytest.param(b, id=b.id) for b in blocks]
+    params = [
+        pytest.param(
+            b,
+            id=b.id,
+            # A test file is run by pytest in a subprocess: seconds, not milliseconds.
+            marks=[pytest.mark.slow]
+            if b.file and Path(b.file).name.startswith("test_")
+            else [],
+        )
+        for b in blocks
+    ]
     return params or [
         pytest.param(None, id="none", marks=pytest.mark.skip("no such blocks"))
     ]
