@@ -877,9 +877,12 @@ class LayerLongPoll(AsyncHttpConsumer):
 
     async def time_out(self) -> None:
         await anyio.sleep(self.poll_timeout)
-        await self.send_response(204, b"")
+        if not self.response_started:
+            await self.send_response(204, b"")
 
     async def update_ready(self, event: Message) -> None:  # "update.ready" events
+        if self.response_started:
+            return
         await self.send_response(
             200, event["text"].encode(), headers=[(b"content-type", b"text/plain")]
         )

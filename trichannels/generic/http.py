@@ -9,14 +9,14 @@ Subclass :class:`AsyncHttpConsumer` and override :meth:`~AsyncHttpConsumer.handl
 What the server sees, and when the instance ends:
 
 * The request body is gathered chunk by chunk up to
-  :attr:`~AsyncHttpConsumer.max_body_size` bytes. A larger body (announced by
+  ``max_body_size`` bytes. A larger body (announced by
   ``Content-Length`` or found while reading) is answered at once with
   **413** and the instance ends: the rest is never read into memory.
 * ``handle(body)`` runs once the whole body has arrived. Unlike Channels, the
   instance does **not** end when ``handle`` returns: it ends when the response
   is complete (the body sent with ``more_body=False``) and the code that
   completed it returns, whether that was ``handle``, a channel-layer event
-  handler, or a child task started with :meth:`~AsyncConsumer.start_soon`. So
+  handler, or a child task started with :meth:`~trichannels.consumer.AsyncConsumer.start_soon`. So
   ``handle`` may start a response and leave it to a child task or a later
   layer event to finish (streaming, server-sent events, long polling).
 * When the client disconnects (``http.disconnect``), whatever is running for
@@ -24,9 +24,9 @@ What the server sees, and when the instance ends:
   more can reach the client, and the instance ends.
 * :meth:`~AsyncHttpConsumer.disconnect` runs exactly once when the instance
   ends, however it ends (shielded from cancellation, bounded by
-  :attr:`~trichannels.consumer.AsyncConsumer.close_timeout`).
+  ``close_timeout``).
 * Every outgoing message is checked where it is made
-  (:func:`trichannels._validation.validate_outgoing`), and the response's
+  (``trichannels._validation.validate_outgoing``), and the response's
   order is enforced: a body before the headers, a second start, or anything
   after the response completed raises
   :class:`~trichannels.exceptions.UnexpectedMessage`.
@@ -66,7 +66,7 @@ HeadersArg = (
     | Mapping[bytes, bytes | str]
     | None
 )
-"""Response headers: ``(name, value)`` pairs or a mapping; names and values bytes or str."""
+"""Response headers, as ``(name, value)`` pairs or a mapping, names and values bytes or str."""
 
 _TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _NEWLINES: Final = re.compile(r"\r\n|\r|\n")
@@ -89,10 +89,6 @@ class AsyncHttpConsumer(AsyncConsumer):
             2.5 MiB); ``None`` for no limit. Over it the client gets 413.
         max_pending_events: kept small (2) so that a too-large body is not
             read ahead into memory while the instance answers 413.
-
-    Attributes:
-        response_started: whether ``http.response.start`` has been sent.
-        response_complete: whether the final body has been sent.
     """
 
     max_body_size: ClassVar[int | None] = _DEFAULT_MAX_BODY_SIZE
@@ -164,7 +160,7 @@ class AsyncHttpConsumer(AsyncConsumer):
     def start_soon(
         self, fn: Callable[..., Awaitable[Any]], *args: Any, name: object = None
     ) -> None:
-        """Run ``fn(*args)`` as a child task; see :meth:`AsyncConsumer.start_soon`.
+        """Run ``fn(*args)`` as a child task; see :meth:`trichannels.consumer.AsyncConsumer.start_soon`.
 
         When the task returns after the response is complete, the instance ends.
         It is cancelled when the client disconnects.
@@ -229,7 +225,7 @@ class AsyncHttpConsumer(AsyncConsumer):
         """Gather one chunk of the request body; call :meth:`handle` after the last.
 
         Answers 413 (and ends the instance) as soon as the body is known to
-        exceed :attr:`max_body_size`.
+        exceed ``max_body_size``.
         """
         limit = self.max_body_size
         if not self._request_seen:
