@@ -152,8 +152,11 @@ async def test_bad_marker(channel_layer):
 
 
 @pytest.mark.slow
-def test_fixtures_in_a_fresh_project(pytester: pytest.Pytester) -> None:
+def test_fixtures_in_a_fresh_project(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """In a project with only pytest-trio, the fixtures appear without any conftest."""
+    monkeypatch.delenv("TRICHANNELS_LAYERS", raising=False)
     pytester.makeini(_PYTESTER_INI)
     pytester.makepyfile(test_app=_PYTESTER_TESTS)
     result = pytester.runpytest_subprocess("-v")
