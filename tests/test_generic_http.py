@@ -776,9 +776,37 @@ def test_unknown_as_asgi_keyword() -> None:
     """Unknown as_asgi keywords are refused by the core, naming them."""
     with pytest.raises(
         TypeError,
-        match=r"^Echo.as_asgi\(\) got unexpected keyword argument\(s\) 'max_size'; ",
+        match=r"^Echo.as_asgi\(\) got unexpected keyword argument\(s\) 'max_size'; "
+        r"only existing class attributes can be set$",
     ):
         Echo.as_asgi(max_size=10)
+
+
+async def test_raw_send_is_validated() -> None:
+    """self.send() of a message that is not an HTTP response message raises, naming its type."""
+
+    async def script(c: AsyncHttpConsumer) -> None:
+        await c.send({"type": "websocket.send", "text": "hi"})
+
+    with pytest.raises(
+        ValueError,
+        match=r"^unknown message type 'websocket.send' for a 'http' connection; expected one of "
+        r"'http.response.start', .*$",
+    ):
+        await run_script(script)
+
+
+async def test_bad_event_stream_headers() -> None:
+    """start_event_stream checks its extra headers like send_headers does."""
+
+    async def script(c: AsyncHttpConsumer) -> None:
+        await c.start_event_stream(headers=[(b"x-a", None)])  # type: ignore[list-item]
+
+    with pytest.raises(
+        TypeError,
+        match=r"^header b'x-a' value must be bytes or str, got NoneType None$",
+    ):
+        await run_script(script)
 
 
 @pytest.mark.parametrize("scope_type", ["websocket", "lifespan"])
@@ -953,3 +981,40 @@ async def test_long_poll_client_gone_leaves_group(
         await comm.wait()
     assert trio.current_time() == 5
     assert longpoll_layer.statistics().members == 0
+
+
+def test_runs_on_asyncio_too(backend: str) -> None:
+    """Body gathering, a child-task stream and a disconnect behave the same on asyncio."""
+    log: list[str] = []
+
+    class Stream(AsyncHttpConsumer):
+        channel_layer_alias = None
+
+        async def handle(self, body: bytes) -> None:
+            await self.send_headers()
+            self.start_soon(self.stream, body)
+
+        async def stream(self, body: bytes) -> None:
+            try:
+                await self.send_body(body, more_body=True)
+                await anyio.sleep_forever()
+            finally:
+                log.append("stream cancelled")
+
+        async def disconnect(self) -> None:
+            log.append("disconnect")
+
+    async def main() -> list[Message]:
+        outputs = []
+        with anyio.fail_after(5):
+            async with HttpCommunicator(Stream.as_asgi(), "POST", "/") as comm:
+                await comm.send_input({"type": "http.request", "body": b"ab"})
+                outputs.append(await comm.receive_output())
+                outputs.append(await comm.receive_output())
+                await comm.send_input({"type": "http.disconnect"})
+                await comm.wait()
+        return outputs
+
+    outputs = anyio.run(main, backend=backend)
+    assert [m.get("body") for m in outputs] == [None, b"ab"]
+    assert log == ["stream cancelled", "disconnect"]
