@@ -99,7 +99,7 @@ class ApplicationCommunicator:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool:
+    ) -> None:
         tg = self._own_tg
         assert tg is not None
         try:
@@ -117,7 +117,6 @@ class ApplicationCommunicator:
                 self._close_streams()
         if exc is None:
             self._raise_unsurfaced()
-        return False
 
     def _close_streams(self) -> None:
         for stream in (
