@@ -15,3 +15,39 @@ import pytest
 def backend(request: pytest.FixtureRequest) -> str:
     """The anyio backend a neutrality test runs on."""
     return str(request.param)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "coredis_hazard: reproduces a coredis 6.9 hazard the Redis layer is designed around",
+    )
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The Redis server for ``redis``-marked tests: ``REDIS_URL``, default ``redis://127.0.0.1:6379/0``.
+
+    Unreachable: the test is skipped with the reason, except when ``CI=true``,
+    where it fails, so that CI can never silently skip the Redis tests.
+    """
+    import os
+    import socket
+    from urllib.parse import urlsplit
+
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 6379
+    try:
+        with socket.create_connection((host, port), timeout=2) as sock:
+            sock.sendall(b"PING\r\n")
+            sock.recv(64)
+    except OSError as exc:
+        reason = (
+            f"REDIS TESTS NOT RUN: no Redis server at {host}:{port} ({exc}); "
+            "start one or set REDIS_URL"
+        )
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason + " (CI=true: Redis tests must not be skipped)")
+        pytest.skip(reason)
+    return url

@@ -1,0 +1,2432 @@
+"""The Redis channel layer: Redis streams through coredis, shaped for structured concurrency.
+
+Key schema (``P`` is the ``prefix`` option, default ``"trichannels"``; the
+braces are Redis Cluster hash tags, so every key of one channel, process or
+group lives in one slot)::
+
+    P:{c:<channel>}         STREAM  a normal (worker) channel; consumer group "w";
+                                    PEXPIRE expiry on every send
+    P:{c:<channel>}:dead    STREAM  dead letters of an at-least-once channel
+    P:{p:<process>}:in      STREAM  the inbox of one layer instance: every "!" channel
+                                    it created; fields t (target channels, comma
+                                    separated) and m (body); kept alive by its owner
+    P:{p:<process>}:full    SET     its "!" channels that are at capacity
+    P:{g:<group>}           ZSET    members stored on this host, score = deadline (ms)
+    P:{g:<group>}:cap       HASH    capacity of normal-channel members
+
+Every write is one Lua script call (``EVALSHA``) per host; the scripts are
+below, with the reasoning for each.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import logging
+import math
+import random
+import re
+import time
+import typing
+import uuid
+from bisect import bisect_right
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from typing import Any, Final, TypeAlias, cast
+from urllib.parse import urlsplit
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+import attrs
+import coredis
+import coredis.exceptions
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from coredis.commands.constants import CommandName
+from coredis.connection import TCPLocation
+from coredis.retry import NoRetryPolicy
+from coredis.typing import ResponseType
+
+from trichannels.exceptions import (
+    ChannelFull,
+    InvalidChannelLayerError,
+    InvalidChannelName,
+    InvalidMessage,
+    LayerConnectionError,
+    MessageTooLarge,
+)
+from trichannels.layers._names import new_channel_name
+from trichannels.layers.base import (
+    BaseChannelLayer,
+    ChannelPatterns,
+    Delivery,
+    LayerStatistics,
+    MessageSerializer,
+)
+from trichannels.types import Message
+
+if typing.TYPE_CHECKING:
+    from cryptography.fernet import MultiFernet
+
+__all__ = ["DeadLetter", "RedisChannelLayer", "RedisLayerStatistics"]
+
+_log = logging.getLogger(__name__)
+
+_Client: TypeAlias = "coredis.Redis[bytes]"
+HostsConfig: TypeAlias = (
+    str | Sequence[str | tuple[str, int] | Mapping[str, Any]] | Mapping[str, Any] | None
+)
+
+_GROUP: Final = b"w"
+"""The consumer group of every worker stream."""
+
+_REDIS_ERRORS: Final = (
+    coredis.exceptions.RedisError,
+    OSError,
+    TimeoutError,
+    anyio.ClosedResourceError,
+    anyio.BrokenResourceError,
+)
+"""What coredis raises when Redis is unreachable, slow or refuses a command.
+
+The anyio errors escape coredis 6.9 when a command is written to a
+connection whose tasks were already cancelled (e.g. while the layer is
+closed under an expired deadline).
+"""
+
+_PREFIX_RE: Final = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+# --------------------------------------------------------------------------- Lua scripts
+
+_SEND_MANY: Final = """
+-- Queue one message per KEYS[i]. ARGV[1] = expiry (ms); then 4 ARGV per
+-- message: kind ('n' normal channel, 'i' inbox, 'r' requeue), capacity,
+-- target channel (inbox only), body. Returns one status per message
+-- (1 queued, 0 channel full, -1 no such inbox, -2 inbox full) followed by
+-- the number of entries
+-- trimmed because they outlived expiry. Expiry, the capacity check, the
+-- append and the TTL are one atomic step, so capacity cannot be overshot.
+local expiry = tonumber(ARGV[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+local expired = 0
+for i = 1, #KEYS do
+  local key = KEYS[i]
+  local base = 1 + (i - 1) * 4
+  local kind = ARGV[base + 1]
+  local cap = tonumber(ARGV[base + 2])
+  local target = ARGV[base + 3]
+  local status = nil
+  if redis.call('EXISTS', key) == 0 then
+    if kind == 'i' then
+      status = -1
+    else
+      redis.call('XGROUP', 'CREATE', key, 'w', '0', 'MKSTREAM')
+    end
+  else
+    expired = expired + redis.call('XTRIM', key, 'MINID', now - expiry)
+  end
+  if status == nil then
+    if kind ~= 'r' and redis.call('XLEN', key) >= cap then
+      if kind == 'i' then status = -2 else status = 0 end
+    elseif kind == 'i' then
+      if redis.call('SISMEMBER', string.sub(key, 1, -3) .. 'full', target) == 1 then
+        status = 0
+      else
+        redis.call('XADD', key, '*', 't', target, 'm', ARGV[base + 4])
+        status = 1
+      end
+    else
+      redis.call('XADD', key, '*', 'm', ARGV[base + 4])
+      redis.call('PEXPIRE', key, expiry)
+      status = 1
+    end
+  end
+  out[i] = status
+end
+out[#KEYS + 1] = expired
+return out
+"""
+
+_GROUP_SEND_MANY: Final = """
+-- Fan one body per group out to every member stored on this host.
+-- KEYS: per group, its member zset and its capacity hash. ARGV[1] = key
+-- prefix, ARGV[2] = expiry (ms), ARGV[3] = inbox capacity, ARGV[4] =
+-- default capacity, ARGV[4 + g] = body for group g. Members of one process
+-- share one inbox entry (t = comma-separated targets). Full or vanished
+-- destinations are skipped and counted, never raised.
+-- Returns {copies queued, copies dropped, entries expired}.
+local prefix = ARGV[1]
+local expiry = tonumber(ARGV[2])
+local icap = tonumber(ARGV[3])
+local dcap = tonumber(ARGV[4])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local sent, dropped, expired = 0, 0, 0
+for g = 1, #KEYS / 2 do
+  local gkey = KEYS[2 * g - 1]
+  local ckey = KEYS[2 * g]
+  local body = ARGV[4 + g]
+  local stale = redis.call('ZRANGEBYSCORE', gkey, '-inf', now)
+  if #stale > 0 then
+    redis.call('ZREMRANGEBYSCORE', gkey, '-inf', now)
+    for i = 1, #stale, 1000 do
+      redis.call('HDEL', ckey, unpack(stale, i, math.min(i + 999, #stale)))
+    end
+  end
+  local inboxes = {}
+  local order = {}
+  for _, m in ipairs(redis.call('ZRANGE', gkey, 0, -1)) do
+    local bang = string.find(m, '!', 1, true)
+    if bang then
+      local p = string.match(string.sub(m, 1, bang - 1), '([^.]*)$')
+      local list = inboxes[p]
+      if list == nil then
+        list = {}
+        inboxes[p] = list
+        order[#order + 1] = p
+      end
+      list[#list + 1] = m
+    else
+      local key = prefix .. ':{c:' .. m .. '}'
+      local cap = tonumber(redis.call('HGET', ckey, m)) or dcap
+      if redis.call('EXISTS', key) == 0 then
+        redis.call('XGROUP', 'CREATE', key, 'w', '0', 'MKSTREAM')
+      else
+        expired = expired + redis.call('XTRIM', key, 'MINID', now - expiry)
+      end
+      if redis.call('XLEN', key) >= cap then
+        dropped = dropped + 1
+      else
+        redis.call('XADD', key, '*', 'm', body)
+        redis.call('PEXPIRE', key, expiry)
+        sent = sent + 1
+      end
+    end
+  end
+  for _, p in ipairs(order) do
+    local key = prefix .. ':{p:' .. p .. '}:in'
+    local targets = inboxes[p]
+    if redis.call('EXISTS', key) == 0 then
+      dropped = dropped + #targets
+    else
+      expired = expired + redis.call('XTRIM', key, 'MINID', now - expiry)
+      if redis.call('XLEN', key) >= icap then
+        dropped = dropped + #targets
+      else
+        local fkey = prefix .. ':{p:' .. p .. '}:full'
+        local ok = {}
+        for _, target in ipairs(targets) do
+          if redis.call('SISMEMBER', fkey, target) == 1 then
+            dropped = dropped + 1
+          else
+            ok[#ok + 1] = target
+          end
+        end
+        if #ok > 0 then
+          redis.call('XADD', key, '*', 't', table.concat(ok, ','), 'm', body)
+          sent = sent + #ok
+        end
+      end
+    end
+  end
+end
+return {sent, dropped, expired}
+"""
+
+_GROUP_ADD: Final = """
+-- KEYS[1] group zset, KEYS[2] capacity hash; ARGV = channel, group expiry
+-- (ms), capacity ('' for process-local channels). The score is the deadline.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ttl)
+if ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+  redis.call('PEXPIRE', KEYS[2], ttl)
+end
+return 1
+"""
+
+_GROUP_DISCARD: Final = """
+redis.call('HDEL', KEYS[2], ARGV[1])
+return redis.call('ZREM', KEYS[1], ARGV[1])
+"""
+
+_ENSURE_GROUP: Final = """
+-- Make sure the worker stream KEYS[1] and its consumer group exist.
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('XGROUP', 'CREATE', KEYS[1], 'w', '0', 'MKSTREAM')
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  return 1
+end
+redis.pcall('XGROUP', 'CREATE', KEYS[1], 'w', '0')
+return 0
+"""
+
+_ACK: Final = """
+-- Acknowledge and delete entries ARGV of worker stream KEYS[1] (idempotent).
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('XACK', KEYS[1], 'w', unpack(ARGV))
+return redis.call('XDEL', KEYS[1], unpack(ARGV))
+"""
+
+_CLAIM: Final = """
+-- Take over entries of worker stream KEYS[1] idle for ARGV[2] ms (their
+-- consumer died or stopped renewing), at most ARGV[3] of them, for consumer
+-- ARGV[1]. An entry whose delivery count would exceed ARGV[4] (0 = no limit)
+-- goes to the dead-letter stream KEYS[2] instead. Returns
+-- {{id, body, deliveries}..., dead-lettered count}.
+if redis.call('EXISTS', KEYS[1]) == 0 then return {{}, 0} end
+local max = tonumber(ARGV[4])
+local res = redis.call('XAUTOCLAIM', KEYS[1], 'w', ARGV[1], ARGV[2], '0-0', 'COUNT', ARGV[3])
+local out = {}
+local dead = 0
+for _, e in ipairs(res[2]) do
+  local id = e[1]
+  local fields = e[2]
+  if fields then
+    local body = fields[2]
+    local p = redis.call('XPENDING', KEYS[1], 'w', id, id, 1)
+    local n = 1
+    if p[1] then n = tonumber(p[1][4]) end
+    if max > 0 and n > max then
+      redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'm', body, 'id', id, 'deliveries', n - 1)
+      redis.call('PEXPIRE', KEYS[2], ARGV[6])
+      redis.call('XACK', KEYS[1], 'w', id)
+      redis.call('XDEL', KEYS[1], id)
+      dead = dead + 1
+    else
+      out[#out + 1] = {id, body, n}
+    end
+  end
+end
+return {out, dead}
+"""
+
+_RENEW: Final = """
+-- Reset the idle time of entries ARGV[2..] that consumer ARGV[1] still owns
+-- (never steal one back). Returns the ids it no longer owns.
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  local lost = {}
+  for i = 2, #ARGV do lost[#lost + 1] = ARGV[i] end
+  return lost
+end
+local lost = {}
+for i = 2, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], 'w', ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[1] then
+    redis.call('XCLAIM', KEYS[1], 'w', ARGV[1], 0, ARGV[i], 'JUSTID')
+  else
+    lost[#lost + 1] = ARGV[i]
+  end
+end
+return lost
+"""
+
+_KEEPALIVE: Final = """
+-- Keep the inbox KEYS[1] (and its full-flag set KEYS[2]) alive for ARGV[1]
+-- ms; recreate it empty if it vanished. Returns 1 if it was recreated.
+local created = 0
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  local id = redis.call('XADD', KEYS[1], '*', 't', '', 'm', '')
+  redis.call('XDEL', KEYS[1], id)
+  created = 1
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('PEXPIRE', KEYS[2], ARGV[1]) end
+return created
+"""
+
+_FLAGS: Final = """
+-- Set (ARGV[3..2+n]) and clear (the rest) "!" channels in the full set KEYS[1].
+local n = tonumber(ARGV[2])
+for i = 3, 2 + n do redis.call('SADD', KEYS[1], ARGV[i]) end
+for i = 3 + n, #ARGV do redis.call('SREM', KEYS[1], ARGV[i]) end
+if n > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return 1
+"""
+
+_FLUSH: Final = """
+-- Empty inboxes in place (their owners are alive and keep reading them) and
+-- unlink every other key in ARGV.
+local n = 0
+for _, key in ipairs(ARGV) do
+  if string.sub(key, -3) == ':in' and redis.call('TYPE', key)['ok'] == 'stream' then
+    redis.call('XTRIM', key, 'MAXLEN', 0)
+  else
+    n = n + redis.call('UNLINK', key)
+  end
+end
+return n
+"""
+
+_MARK: Final = """
+-- Add and delete an empty entry in the inbox KEYS[1]; its id is newer than
+-- every entry sent so far (flush() drops anything up to it).
+local id = redis.call('XADD', KEYS[1], '*', 't', '', 'm', '')
+redis.call('XDEL', KEYS[1], id)
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return id
+"""
+
+_TIME: Final = "return redis.call('TIME')"
+
+
+@attrs.frozen
+class _Script:
+    text: str
+    sha: str = attrs.field(init=False)
+
+    @sha.default
+    def _sha(self) -> str:
+        return hashlib.sha1(self.text.encode(), usedforsecurity=False).hexdigest()
+
+
+_SCRIPTS: Final = {
+    name: _Script(text)
+    for name, text in {
+        "send_many": _SEND_MANY,
+        "group_send_many": _GROUP_SEND_MANY,
+        "group_add": _GROUP_ADD,
+        "group_discard": _GROUP_DISCARD,
+        "ensure_group": _ENSURE_GROUP,
+        "ack": _ACK,
+        "claim": _CLAIM,
+        "renew": _RENEW,
+        "keepalive": _KEEPALIVE,
+        "flags": _FLAGS,
+        "flush": _FLUSH,
+        "mark": _MARK,
+        "time": _TIME,
+    }.items()
+}
+
+# --------------------------------------------------------------------------- records
+
+
+@attrs.frozen
+class DeadLetter:
+    """A message that exhausted ``max_deliveries`` on an at-least-once channel.
+
+    Attributes:
+        message: the message, decoded (``None`` if it could not be decoded).
+        entry_id: the stream entry id it had on the channel.
+        deliveries: how many times it was delivered before being given up.
+    """
+
+    message: dict[str, Any] | None
+    entry_id: str
+    deliveries: int
+
+
+@attrs.frozen
+class RedisLayerStatistics:
+    """Counters specific to :class:`RedisChannelLayer` (per layer object).
+
+    Attributes:
+        reconnects: times a reader re-established its Redis connection after losing it.
+        rejected: bodies refused because they failed decryption or decoding (never delivered).
+        local_overflow: copies dropped because a ``!`` channel's local buffer was full.
+        requeued: worker-channel messages handed back to Redis because their receiver left.
+        dead_lettered: at-least-once messages this process moved to a dead-letter stream.
+        connected: whether every reader currently has a working connection.
+    """
+
+    reconnects: int = 0
+    rejected: int = 0
+    local_overflow: int = 0
+    requeued: int = 0
+    dead_lettered: int = 0
+    connected: bool = True
+
+
+@attrs.define
+class _Counts:
+    reconnects: int = 0
+    rejected: int = 0
+    local_overflow: int = 0
+    requeued: int = 0
+    dead_lettered: int = 0
+
+
+# --------------------------------------------------------------------------- hosts
+
+
+def _redact(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (safe for logs and errors)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    netloc, slash, tail = rest.partition("/")
+    userinfo, at, hostpart = netloc.rpartition("@")
+    if not at:
+        return url
+    user, colon, _password = userinfo.partition(":")
+    redacted = f"{user}:***" if colon else "***"
+    return f"{scheme}://{redacted}@{hostpart}{slash}{tail}"
+
+
+_CLIENT_OPTIONS: Final = frozenset(
+    {
+        "username",
+        "password",
+        "db",
+        "ssl_context",
+        "ssl_keyfile",
+        "ssl_certfile",
+        "ssl_cert_reqs",
+        "ssl_ca_certs",
+        "ssl_check_hostname",
+    }
+)
+
+
+@attrs.frozen
+class _Host:
+    """One configured Redis host (or Sentinel-managed primary)."""
+
+    label: str
+    """Redacted identity: used in logs, errors and the hash ring."""
+    url: str | None = None
+    options: Mapping[str, Any] = attrs.field(factory=dict)
+    sentinels: tuple[tuple[str, int], ...] = ()
+    service_name: str = ""
+    sentinel_options: Mapping[str, Any] = attrs.field(factory=dict)
+    secrets: tuple[str, ...] = ()
+
+
+def _check_options(options: Mapping[str, Any], where: str) -> dict[str, Any]:
+    unknown = sorted(set(options) - _CLIENT_OPTIONS)
+    if unknown:
+        allowed = ", ".join(sorted(_CLIENT_OPTIONS))
+        msg = f"{where}: unknown option(s) {', '.join(unknown)}; allowed: {allowed}"
+        raise InvalidChannelLayerError(msg)
+    return dict(options)
+
+
+def _parse_url(url: str, options: Mapping[str, Any]) -> _Host:
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        msg = f"invalid Redis URL {_redact(url)!r}: {exc}"
+        raise InvalidChannelLayerError(msg) from None
+    secrets: list[str] = []
+    if parts.password:
+        secrets.append(parts.password)
+    if isinstance(options.get("password"), str):
+        secrets.append(options["password"])
+    if parts.scheme == "sentinel":
+        return _parse_sentinel_url(url, parts.netloc, parts.path, options, secrets)
+    if parts.scheme not in {"redis", "rediss", "unix"}:
+        msg = f"Redis URL {_redact(url)!r} has scheme {parts.scheme!r}; expected redis://, rediss://, unix:// or sentinel://"
+        raise InvalidChannelLayerError(msg)
+    if parts.scheme == "unix":
+        db = dict(
+            pair.split("=", 1) for pair in parts.query.split("&") if "=" in pair
+        ).get("db", "0")
+        label = f"unix://{parts.path}?db={db}"
+    else:
+        try:
+            port = parts.port or 6379
+        except ValueError:
+            msg = f"Redis URL {_redact(url)!r} has an invalid port"
+            raise InvalidChannelLayerError(msg) from None
+        if not parts.hostname:
+            msg = f"Redis URL {_redact(url)!r} has no host"
+            raise InvalidChannelLayerError(msg)
+        db = parts.path.strip("/") or str(options.get("db", 0))
+        if not db.isdigit():
+            msg = (
+                f"Redis URL {_redact(url)!r} has database {db!r}, which is not a number"
+            )
+            raise InvalidChannelLayerError(msg)
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        label = f"{parts.scheme}://{host}:{port}/{db}"
+    return _Host(label=label, url=url, options=dict(options), secrets=tuple(secrets))
+
+
+def _parse_sentinel_url(
+    url: str, netloc: str, path: str, options: Mapping[str, Any], secrets: list[str]
+) -> _Host:
+    """``sentinel://[user:password@]host:port[,host:port...]/service_name[/db]``."""
+    userinfo, _, hostlist = netloc.rpartition("@")
+    sentinels = _parse_sentinel_list(hostlist.split(","), url)
+    segments = [s for s in path.split("/") if s]
+    if not segments or len(segments) > 2:
+        msg = f"Sentinel URL {_redact(url)!r} must name the service: sentinel://host:port/service_name[/db]"
+        raise InvalidChannelLayerError(msg)
+    service = segments[0]
+    db = segments[1] if len(segments) == 2 else "0"
+    if not db.isdigit():
+        msg = (
+            f"Sentinel URL {_redact(url)!r} has database {db!r}, which is not a number"
+        )
+        raise InvalidChannelLayerError(msg)
+    merged = dict(options)
+    merged["db"] = int(db)
+    if userinfo:
+        user, colon, password = userinfo.partition(":")
+        if colon:
+            merged["password"] = password
+            if user:
+                merged["username"] = user
+        else:
+            merged["password"] = user
+            secrets.append(user)
+    return _Host(
+        label=f"sentinel:{service}/{db}",
+        sentinels=sentinels,
+        service_name=service,
+        options=merged,
+        secrets=tuple(secrets),
+    )
+
+
+def _parse_sentinel_list(
+    items: Iterable[object], where: str
+) -> tuple[tuple[str, int], ...]:
+    out: list[tuple[str, int]] = []
+    for item in items:
+        if isinstance(item, str):
+            host, _, port = item.rpartition(":")
+            if not host or not port.isdigit():
+                msg = (
+                    f"sentinel address {item!r} in {_redact(where)!r} is not host:port"
+                )
+                raise InvalidChannelLayerError(msg)
+            out.append((host.strip("[]"), int(port)))
+        elif (
+            isinstance(item, tuple | list)
+            and len(item) == 2
+            and isinstance(item[0], str)
+            and isinstance(item[1], int)
+        ):
+            out.append((item[0], item[1]))
+        else:
+            msg = f"sentinel address {item!r} is neither 'host:port' nor (host, port)"
+            raise InvalidChannelLayerError(msg)
+    if not out:
+        msg = f"no sentinel addresses in {_redact(where)!r}"
+        raise InvalidChannelLayerError(msg)
+    return tuple(out)
+
+
+def _parse_host(entry: object) -> _Host:
+    if isinstance(entry, str):
+        return _parse_url(entry, {})
+    if (
+        isinstance(entry, tuple)
+        and len(entry) == 2
+        and isinstance(entry[0], str)
+        and isinstance(entry[1], int)
+    ):
+        return _parse_url(f"redis://{entry[0]}:{entry[1]}/0", {})
+    if isinstance(entry, Mapping):
+        config = dict(entry)
+        if "sentinels" in config:
+            sentinels = _parse_sentinel_list(config.pop("sentinels"), "sentinels")
+            service = config.pop("master_name", None) or config.pop(
+                "service_name", None
+            )
+            if not isinstance(service, str) or not service:
+                msg = "a Sentinel host needs 'master_name' (the monitored service)"
+                raise InvalidChannelLayerError(msg)
+            sentinel_options = config.pop("sentinel_kwargs", None) or {}
+            if not isinstance(sentinel_options, Mapping):
+                msg = "'sentinel_kwargs' must be a mapping"
+                raise InvalidChannelLayerError(msg)
+            options = _check_options(config, f"Sentinel host {service!r}")
+            secrets = tuple(
+                v
+                for v in (options.get("password"), sentinel_options.get("password"))
+                if isinstance(v, str) and v
+            )
+            return _Host(
+                label=f"sentinel:{service}/{options.get('db', 0)}",
+                sentinels=sentinels,
+                service_name=service,
+                options=options,
+                sentinel_options=_check_options(sentinel_options, "sentinel_kwargs"),
+                secrets=secrets,
+            )
+        address = config.pop("address", None)
+        if not isinstance(address, str):
+            msg = f"host entry {_scrub_mapping(entry)!r} needs an 'address' URL or 'sentinels'"
+            raise InvalidChannelLayerError(msg)
+        return _parse_url(address, _check_options(config, _redact(address)))
+    msg = f"host entry {entry!r} is not a URL, a (host, port) pair or a mapping"
+    raise InvalidChannelLayerError(msg)
+
+
+def _scrub_mapping(entry: Mapping[Any, Any]) -> dict[Any, Any]:
+    return {k: ("***" if k == "password" else v) for k, v in entry.items()}
+
+
+def _parse_hosts(hosts: object) -> list[_Host]:
+    if hosts is None:
+        entries: list[object] = ["redis://127.0.0.1:6379/0"]
+    elif isinstance(hosts, str | Mapping):
+        entries = [hosts]
+    elif isinstance(hosts, Sequence):
+        entries = list(hosts)
+    else:
+        msg = f"hosts must be a URL, a list of hosts or a host mapping, not {type(hosts).__name__}"
+        raise InvalidChannelLayerError(msg)
+    if not entries:
+        msg = "hosts is empty; give at least one Redis URL"
+        raise InvalidChannelLayerError(msg)
+    parsed = [_parse_host(entry) for entry in entries]
+    labels = [h.label for h in parsed]
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+        msg = f"hosts lists {', '.join(duplicates)} more than once"
+        raise InvalidChannelLayerError(msg)
+    return parsed
+
+
+class _Ring:
+    """Consistent hashing: 160 points per host on a 64-bit ring (blake2b).
+
+    Points depend on each host's redacted identity, not on its position in
+    the list, so reordering ``hosts`` moves nothing and adding a host moves
+    about ``1/N`` of the keys.
+    """
+
+    POINTS: Final = 160
+
+    def __init__(self, labels: Sequence[str]) -> None:
+        points = sorted(
+            (self._hash(f"{label}#{i}"), index)
+            for index, label in enumerate(labels)
+            for i in range(self.POINTS)
+        )
+        self._keys = [p for p, _ in points]
+        self._owners = [o for _, o in points]
+        self._single = len(labels) == 1
+
+    @staticmethod
+    def _hash(value: str) -> int:
+        return int.from_bytes(
+            hashlib.blake2b(value.encode(), digest_size=8).digest(), "big"
+        )
+
+    def lookup(self, key: str) -> int:
+        if self._single:
+            return 0
+        i = bisect_right(self._keys, self._hash(key))
+        return self._owners[i % len(self._owners)]
+
+
+# --------------------------------------------------------------------------- internals
+
+
+def _raw(response: ResponseType, **_: Any) -> ResponseType:
+    return response
+
+
+def _entry_ms(entry_id: bytes) -> int:
+    return int(entry_id.partition(b"-")[0])
+
+
+def _id_key(entry_id: bytes) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or b"0")
+
+
+def _next_id(entry_id: bytes) -> bytes:
+    ms, _, seq = entry_id.partition(b"-")
+    return ms + b"-" + str(int(seq or b"0") + 1).encode()
+
+
+def _inbox_id(channel: str) -> str:
+    """The process a ``!`` channel belongs to: the segment between the last ``.`` and the ``!``."""
+    return channel[: channel.index("!")].rpartition(".")[2]
+
+
+@attrs.define(eq=False)
+class _Item:
+    """A message waiting in a local buffer."""
+
+    deadline: float
+    message: dict[str, Any]
+    entry_id: bytes | None = None
+
+
+_WAKE: Final = _Item(math.inf, {})
+"""Put into a local buffer to wake a receiver (see ``_wake_receivers``)."""
+
+
+@attrs.define(eq=False)
+class _PendingSend:
+    """One ``send`` waiting for the per-host batcher."""
+
+    key: str
+    kind: str
+    capacity: int
+    target: str
+    body: bytes
+    done: anyio.Event = attrs.field(factory=anyio.Event)
+    taken: bool = False
+    status: int | None = None
+    error: BaseException | None = None
+
+
+@attrs.define(eq=False)
+class _Shard:
+    index: int
+    host: _Host
+    write: _Client | None = None
+    sentinel: coredis.Sentinel[bytes] | None = None
+    queue: deque[_PendingSend] = attrs.field(factory=deque)
+    in_flight: int = 0
+    wakeup: anyio.Event = attrs.field(factory=anyio.Event)
+
+
+@attrs.define(eq=False)
+class _LocalChannel:
+    """The local buffer of one ``!`` channel of this process."""
+
+    name: str
+    capacity: int
+    send: MemoryObjectSendStream[_Item]
+    receive: MemoryObjectReceiveStream[_Item]
+    last_active: float
+    last_deadline: float = -math.inf
+    waiting: int = 0
+    flagged: bool = False
+
+
+@attrs.define(eq=False)
+class _WorkerChannel:
+    """Local state of one normal channel this process receives on."""
+
+    name: str
+    key: str
+    shard: _Shard
+    delivery: Delivery
+    send: MemoryObjectSendStream[_Item]
+    receive: MemoryObjectReceiveStream[_Item]
+    last_active: float
+    demand: anyio.Event = attrs.field(factory=anyio.Event)
+    waiting: int = 0
+    reader_running: bool = False
+    leased: set[bytes] = attrs.field(factory=set)
+    outstanding: int = 0
+    """Items put into the buffer and not yet taken out."""
+    next_claim: float = 0.0
+
+
+# --------------------------------------------------------------------------- the layer
+
+
+@typing.final
+class RedisChannelLayer(BaseChannelLayer):
+    """A channel layer on Redis streams (Redis >= 7.0), through coredis.
+
+    ``async with RedisChannelLayer(hosts=["redis://localhost:6379/0"]) as layer:``
+    opens it: it connects, loads its scripts, and starts its background tasks
+    (one inbox reader, one housekeeper, one send batcher per host, and one
+    reader per normal channel being received) in a task group that lives
+    inside the ``async with``. Using it unopened raises
+    :class:`~trichannels.exceptions.InvalidChannelLayerError`; after it is
+    closed, :class:`anyio.ClosedResourceError`. Opening fails with
+    :class:`~trichannels.exceptions.LayerConnectionError` if a host is
+    unreachable.
+
+    **Guarantees** (exactly what is implemented):
+
+    - *Process-local channels* (``new_channel()``, names with ``!``) are
+      multiplexed on one inbox stream per layer instance, read by one task
+      with a blocking ``XREAD`` (finite block time, own connection, a cursor
+      that only moves past entries already handed to local buffers). A
+      message is delivered at most once. It is lost only if it outlives
+      ``expiry``, if the inbox is at ``inbox_capacity`` or the channel was
+      marked full when it was sent (``send`` raises ``ChannelFull``), if it
+      reaches a local buffer that is full (dropped, counted in
+      ``messages_dropped`` and ``redis_statistics().local_overflow``, logged),
+      if its process is gone (no inbox: counted as dropped), or if the
+      process exits with it still buffered. A cancelled ``receive`` never
+      takes a message. A connection loss loses nothing Redis accepted: the
+      reader resumes from its cursor.
+    - *Capacity of* ``!`` *channels*: each has a local buffer of
+      ``get_capacity(name)``. When the owner sees the buffer full it marks the
+      channel full in Redis (one round trip later), and ``send`` then raises
+      ``ChannelFull`` until the buffer drains to half. Copies arriving in that
+      window are dropped and counted.
+    - *Normal channels* are one stream each, read through a consumer group,
+      so each message goes to exactly one receiver across all processes.
+      ``send`` enforces ``get_capacity(channel)`` atomically (entries not yet
+      acknowledged count). A reader fetches only as many entries as there are
+      receivers waiting in this process. **At-most-once** (the default): the
+      entry is acknowledged and deleted before it is handed over, so it is
+      never delivered twice; if the process dies between fetching and
+      acknowledging, another process claims it after ``visibility_timeout``
+      (it was never handed over, so this is not a duplicate). A fetched entry
+      whose receiver was cancelled stays buffered for the next receiver in
+      this process; if none comes within ``visibility_timeout`` (or the layer
+      closes) it is appended to the stream again (it then loses its place in
+      the order) and counted in ``redis_statistics().requeued``.
+    - **At-least-once** channels (``channel_delivery``): with
+      ``async with layer.receive_delivery(channel) as message:`` the entry is
+      acknowledged (``XACK`` + ``XDEL``) only after the block exits without an
+      exception. While the block runs, this process renews the entry's lease
+      every ``visibility_timeout / 3``. If the block raises or is cancelled,
+      or the process dies or stalls for ``visibility_timeout``, any reader
+      of the channel claims it (``XAUTOCLAIM``) and delivers it again; the
+      delivery count grows each time, and an entry that would be delivered
+      more than ``max_deliveries`` times is moved to the dead-letter stream
+      instead (:meth:`dead_letters`). Handlers must therefore be idempotent.
+      A plain ``receive()`` on such a channel acknowledges right after
+      handing the message over. Expiry still applies: an entry older than
+      ``expiry`` is trimmed even if it is pending.
+    - *Ordering*: per channel, messages from one sender arrive in the order
+      sent (stream ids). Requeued and redelivered entries come out of order.
+    - *Groups*: a membership lasts ``group_expiry`` after its latest
+      ``group_add``. It is stored on the host of the member's destination, and
+      ``group_send`` runs one script per host, which fans out to every member
+      there; members of one process share one inbox entry. A full or
+      vanished member's copy is dropped and counted, never raised.
+    - *Expiry* uses the Redis server's clock (stream ids and ``TIME``): old
+      entries are trimmed by every send to the same stream, skipped by the
+      readers, and abandoned keys vanish through TTLs. The ``clock`` option
+      only times the process-local buffers.
+    - *Sends are never retried* automatically: a ``send`` that fails with
+      :class:`~trichannels.exceptions.LayerConnectionError` may or may not
+      have been queued. Idempotent housekeeping (acks, trims, lease renewals)
+      is retried.
+    - *Connection loss*: readers reconnect with exponential backoff (50 ms
+      doubling to 2 s, jittered). Receivers keep waiting; with
+      ``reconnect_deadline`` set, receivers waiting on an empty buffer raise
+      ``LayerConnectionError`` once the layer has been disconnected that long.
+
+    Args:
+        hosts: a URL (``redis://[[user]:password@]host:port/db``, ``rediss://``,
+            ``unix://path?db=0``, ``sentinel://host:port[,host:port]/service[/db]``),
+            a ``(host, port)`` pair, a mapping (``{"address": url, "password": ...,
+            "ssl_context": ...}`` or ``{"sentinels": [(host, port)], "master_name":
+            ..., "sentinel_kwargs": {...}, "db": 0}``), or a list of those to shard
+            over with consistent hashing. Default ``redis://127.0.0.1:6379/0``.
+        prefix: key prefix (letters, digits, ``-_.``).
+        symmetric_encryption_keys: a list of secrets; bodies are encrypted with
+            Fernet using the first and decrypted with any (``MultiFernet``), so
+            keys can be rotated. A body that fails to decrypt is logged, counted
+            and never delivered. Needs ``cryptography``.
+        inbox_capacity: unread entries a process's inbox may hold before sends
+            to any of its ``!`` channels raise ``ChannelFull``.
+        visibility_timeout: seconds before an unacknowledged entry of a worker
+            channel may be claimed by another reader.
+        max_deliveries: deliveries of an at-least-once entry before it is dead-lettered.
+        reconnect_deadline: seconds of disconnection after which waiting
+            receivers fail with ``LayerConnectionError``; ``None`` waits forever.
+        max_message_size: largest encoded (and encrypted) body in bytes.
+        socket_timeout: seconds to wait for a reply to a command.
+        connect_timeout: seconds to wait for a TCP connection.
+        pool_timeout: seconds to wait for a free pooled connection.
+        max_connections: size of each host's connection pool for commands.
+        block_time: seconds each blocking read waits before looping.
+        expiry, group_expiry, capacity, channel_capacity, channel_delivery,
+            serializer, clock: as in :class:`~trichannels.layers.base.BaseChannelLayer`.
+
+    Raises:
+        InvalidChannelLayerError: if an option is invalid.
+    """
+
+    supported_deliveries: typing.ClassVar[frozenset[Delivery]] = frozenset(
+        {"at-most-once", "at-least-once"}
+    )
+    requires_open: typing.ClassVar[bool] = True
+
+    def __init__(
+        self,
+        hosts: HostsConfig = None,
+        *,
+        prefix: str = "trichannels",
+        expiry: float = 60,
+        group_expiry: float = 86400,
+        capacity: int = 100,
+        channel_capacity: ChannelPatterns[int] | None = None,
+        channel_delivery: ChannelPatterns[Delivery] | None = None,
+        serializer: MessageSerializer | str | None = None,
+        clock: typing.Callable[[], float] | None = None,
+        symmetric_encryption_keys: Sequence[str | bytes] | None = None,
+        inbox_capacity: int = 10_000,
+        visibility_timeout: float = 30.0,
+        max_deliveries: int = 5,
+        reconnect_deadline: float | None = None,
+        max_message_size: int = 1 << 20,
+        socket_timeout: float = 5.0,
+        connect_timeout: float = 2.0,
+        pool_timeout: float = 5.0,
+        max_connections: int = 32,
+        block_time: float = 1.0,
+    ) -> None:
+        super().__init__(
+            expiry=expiry,
+            group_expiry=group_expiry,
+            capacity=capacity,
+            channel_capacity=channel_capacity,
+            channel_delivery=channel_delivery,
+            serializer=serializer,
+            clock=clock,
+        )
+        if not isinstance(prefix, str) or not _PREFIX_RE.fullmatch(prefix):
+            msg = f"prefix is {prefix!r}; it must be 1 to 64 ASCII letters, digits, '-', '_' or '.'"
+            raise InvalidChannelLayerError(msg)
+        self.prefix = prefix
+        self._hosts = _parse_hosts(hosts)
+        self._ring = _Ring([h.label for h in self._hosts])
+        self._secrets = tuple(s for h in self._hosts for s in h.secrets)
+        self.inbox_capacity = _positive_int("inbox_capacity", inbox_capacity)
+        self.visibility_timeout = _positive_float(
+            "visibility_timeout", visibility_timeout
+        )
+        self.max_deliveries = _positive_int("max_deliveries", max_deliveries)
+        self.reconnect_deadline = (
+            None
+            if reconnect_deadline is None
+            else _positive_float("reconnect_deadline", reconnect_deadline)
+        )
+        self.max_message_size = _positive_int("max_message_size", max_message_size)
+        self.socket_timeout = _positive_float("socket_timeout", socket_timeout)
+        self.connect_timeout = _positive_float("connect_timeout", connect_timeout)
+        self.pool_timeout = _positive_float("pool_timeout", pool_timeout)
+        self.max_connections = _positive_int("max_connections", max_connections)
+        self.block_time = _positive_float("block_time", block_time)
+        self._fernet = _make_fernet(symmetric_encryption_keys)
+        # Local buffers need only a monotonic clock; time.monotonic is cheaper
+        # than the event loop's (the hot path reads it on every receive).
+        self._now: typing.Callable[[], float] = (
+            clock if clock is not None else time.monotonic
+        )
+
+        self._proc = uuid.uuid4().hex
+        self._shards = [_Shard(i, h) for i, h in enumerate(self._hosts)]
+        self._inbox_shard = self._shards[self._ring.lookup(self._proc)]
+        self._inbox_key = f"{prefix}:{{p:{self._proc}}}:in"
+        self._full_key = f"{prefix}:{{p:{self._proc}}}:full"
+        self._inbox_ttl_ms = int(max(self.expiry, 15.0) * 1000)
+        self._expiry_ms = max(1, int(self.expiry * 1000))
+        self._local: dict[str, _LocalChannel] = {}
+        self._workers: dict[str, _WorkerChannel] = {}
+        self._memberships: dict[str, set[str]] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._hk_event = anyio.Event()
+        self._trim_to: bytes | None = None
+        self._untrimmed = 0
+        self._inbox_floor: tuple[int, int] | None = None
+        self._flush_epoch = 0
+        self._flag_changes: dict[str, bool] = {}
+        self._pending_acks: dict[str, list[bytes]] = {}
+        self._clock_offset_ms = 0.0
+        self._down_since: dict[str, float] = {}
+        self._last_error: dict[str, tuple[_Shard, BaseException | None]] = {}
+        self._broken: LayerConnectionError | None = None
+        self._counts = _Counts()
+        self._last_overflow_log: dict[str, float] = {}
+
+    # ----------------------------------------------------------- small helpers
+
+    def _label(self, shard: _Shard) -> str:
+        return shard.host.label
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def _connection_error(
+        self, shard: _Shard, action: str, exc: BaseException
+    ) -> LayerConnectionError:
+        detail = self._scrub(f"{type(exc).__name__}: {exc}")
+        return LayerConnectionError(
+            f"Redis {shard.host.label} failed while {action}: {detail}"
+        )
+
+    def _worker_key(self, channel: str) -> str:
+        return f"{self.prefix}:{{c:{channel}}}"
+
+    def _group_keys(self, group: str) -> tuple[str, str]:
+        key = f"{self.prefix}:{{g:{group}}}"
+        return key, key + ":cap"
+
+    def _shard_for(self, channel: str) -> _Shard:
+        if "!" in channel:
+            return self._shards[self._ring.lookup(_inbox_id(channel))]
+        return self._shards[self._ring.lookup(channel)]
+
+    def _server_now_ms(self) -> float:
+        return time.time() * 1000.0 + self._clock_offset_ms
+
+    def _client_name(self, role: str) -> str:
+        return f"trichannels-{self._proc[:12]}-{role}"
+
+    def _make_client(self, shard: _Shard, role: str, *, blocking: bool) -> _Client:
+        host = shard.host
+        common: dict[str, Any] = {
+            "connect_timeout": self.connect_timeout,
+            "stream_timeout": self.socket_timeout
+            + (self.block_time if blocking else 0.0),
+            "max_connections": 2 if blocking else self.max_connections,
+            "client_name": self._client_name(role),
+        }
+        if host.url is not None:
+            return coredis.Redis.from_url(
+                host.url,
+                decode_responses=False,
+                retry_policy=NoRetryPolicy(),
+                pool_timeout=self.pool_timeout,
+                **common,
+                **host.options,
+            )
+        assert shard.sentinel is not None
+        return shard.sentinel.primary_for(
+            host.service_name, timeout=self.pool_timeout, **common, **host.options
+        )
+
+    async def _script(
+        self,
+        client: _Client,
+        name: str,
+        keys: Sequence[str],
+        args: Sequence[str | bytes | int | float],
+    ) -> ResponseType:
+        """Run a script by SHA, loading it first if the server lost it (NOSCRIPT means it did not run)."""
+        script = _SCRIPTS[name]
+        try:
+            return await client.evalsha(script.sha, keys, args)
+        except coredis.exceptions.NoScriptError:
+            await client.script_load(script.text)
+            return await client.evalsha(script.sha, keys, args)
+
+    async def _run(
+        self,
+        shard: _Shard,
+        action: str,
+        name: str,
+        keys: Sequence[str],
+        args: Sequence[str | bytes | int | float],
+    ) -> ResponseType:
+        """Run a script on ``shard``'s shared client, translating failures."""
+        assert shard.write is not None
+        try:
+            return await self._script(shard.write, name, keys, args)
+        except _REDIS_ERRORS as exc:
+            raise self._connection_error(shard, action, exc) from exc
+
+    async def _run_idempotent(
+        self,
+        shard: _Shard,
+        action: str,
+        name: str,
+        keys: Sequence[str],
+        args: Sequence[str | bytes | int | float],
+        *,
+        attempts: int = 6,
+    ) -> ResponseType:
+        """Like :meth:`_run`, retried with backoff: only for scripts safe to repeat."""
+        for attempt in range(attempts):
+            try:
+                return await self._run(shard, action, name, keys, args)
+            except LayerConnectionError:
+                if attempt == attempts - 1:
+                    raise
+                await anyio.sleep(_backoff(attempt))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _encode(self, message: Message) -> bytes:
+        body = self.serializer.dumps(message)
+        if len(body) > self.max_message_size:
+            raise MessageTooLarge(len(body), self.max_message_size)
+        if self._fernet is not None:
+            body = self._fernet.encrypt(body)
+        return body
+
+    def _decode(self, body: bytes, where: str) -> bytes | None:
+        """Decrypt ``body``; ``None`` (logged, counted) if it was tampered with or garbled."""
+        if self._fernet is None:
+            return body
+        from cryptography.fernet import InvalidToken
+
+        try:
+            return self._fernet.decrypt(body)
+        except InvalidToken:
+            self._counts.rejected += 1
+            self._counters.dropped += 1
+            _log.warning(
+                "rejected a message on %s: it failed decryption (tampered with, or "
+                "encrypted with a key not in symmetric_encryption_keys)",
+                where,
+            )
+            return None
+
+    def _loads(self, plain: bytes, where: str) -> dict[str, Any] | None:
+        try:
+            return self.serializer.loads(plain)
+        except InvalidMessage as exc:
+            self._counts.rejected += 1
+            self._counters.dropped += 1
+            _log.warning("rejected a message on %s: %s", where, exc)
+            return None
+
+    def _wake(self) -> None:
+        self._hk_event.set()
+
+    # ----------------------------------------------------------- lifecycle
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self) -> AsyncIterator[None]:
+        # coredis wraps anything raised inside a client's ``async with`` in an
+        # ExceptionGroup (hazard H7), so a failure to connect is carried out of
+        # the client blocks and raised plain.
+        failure: LayerConnectionError | None = None
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                await self._connect(stack)
+            except LayerConnectionError as exc:
+                failure = exc
+            if failure is None:
+                try:
+                    async with anyio.create_task_group() as tg:
+                        self._tg = tg
+                        try:
+                            await tg.start(self._inbox_reader)
+                        except* LayerConnectionError as group:
+                            failure = cast("LayerConnectionError", group.exceptions[0])
+                        if failure is None:
+                            tg.start_soon(self._housekeeper)
+                            for shard in self._shards:
+                                tg.start_soon(self._batcher, shard)
+                            try:
+                                yield
+                            finally:
+                                tg.cancel_scope.cancel()
+                finally:
+                    self._tg = None
+                    self._close_streams()
+        if failure is not None:
+            raise failure
+
+    async def _connect(self, stack: contextlib.AsyncExitStack) -> None:
+        """Open a client per host, load the scripts, create the inbox, read the clock."""
+        for shard in self._shards:
+            try:
+                if shard.host.sentinels:
+                    shard.sentinel = coredis.Sentinel(
+                        sentinels=[TCPLocation(h, p) for h, p in shard.host.sentinels],
+                        sentinel_kwargs={
+                            "connect_timeout": self.connect_timeout,
+                            "stream_timeout": self.socket_timeout,
+                            "pool_timeout": self.pool_timeout,
+                            **shard.host.sentinel_options,
+                        },
+                    )
+                    await stack.enter_async_context(shard.sentinel)
+                shard.write = self._make_client(shard, "cmd", blocking=False)
+                await stack.enter_async_context(shard.write)
+                for script in _SCRIPTS.values():
+                    await shard.write.script_load(script.text)
+            except _REDIS_ERRORS as exc:
+                raise self._connection_error(shard, "connecting", exc) from exc
+        await self._run(
+            self._inbox_shard,
+            "creating the inbox",
+            "keepalive",
+            [self._inbox_key, self._full_key],
+            [self._inbox_ttl_ms],
+        )
+        await self._sync_clock()
+
+    def _close_streams(self) -> None:
+        channels: list[_LocalChannel | _WorkerChannel] = [
+            *self._local.values(),
+            *self._workers.values(),
+        ]
+        for channel in channels:
+            channel.send.close()
+            channel.receive.close()
+
+    async def _aclose(self) -> None:
+        self._wake_receivers()
+        for shard in self._shards:
+            while shard.queue:
+                item = shard.queue.popleft()
+                item.error = anyio.ClosedResourceError("RedisChannelLayer is closed")
+                item.done.set()
+        lost = 0
+        for local in self._local.values():
+            lost += local.receive.statistics().current_buffer_used
+        if lost:
+            self._counters.dropped += lost
+            _log.info("closing with %d undelivered message(s) in local buffers", lost)
+        if self._tg is not None:
+            with anyio.move_on_after(2.0, shield=True):
+                await self._release_workers()
+                # Delete the inbox so that senders see this process as gone at once.
+                shard = self._inbox_shard
+                assert shard.write is not None
+                try:
+                    await shard.write.unlink([self._inbox_key, self._full_key])
+                except _REDIS_ERRORS as exc:
+                    _log.info(
+                        "could not delete the inbox on close (it expires in %d s): %s",
+                        self._inbox_ttl_ms // 1000,
+                        self._scrub(str(exc)),
+                    )
+
+    async def _release_workers(self) -> None:
+        """Hand buffered worker-channel entries back to Redis when closing."""
+        for wc in list(self._workers.values()):
+            items = _drain_worker(wc)
+            if wc.delivery == "at-most-once" and items:
+                await self._requeue(wc, items)
+            wc.leased.clear()
+
+    # ----------------------------------------------------------- connection state
+
+    def _note_down(self, source: str, shard: _Shard, exc: BaseException | None) -> None:
+        """Record that ``source`` (a reader) lost Redis; logs once per outage."""
+        if source not in self._down_since:
+            self._down_since[source] = self._now()
+            _log.warning(
+                "lost Redis connection (%s on %s): %s; reconnecting",
+                source,
+                shard.host.label,
+                self._scrub(f"{type(exc).__name__}: {exc}"),
+            )
+        self._last_error[source] = (shard, exc)
+        self._check_deadline()
+
+    def _check_deadline(self) -> None:
+        """Fail waiting receivers once disconnected for longer than ``reconnect_deadline``."""
+        if (
+            self.reconnect_deadline is None
+            or self._broken is not None
+            or not self._down_since
+        ):
+            return
+        source, since = min(self._down_since.items(), key=lambda kv: kv[1])
+        if self._now() - since < self.reconnect_deadline:
+            return
+        shard, exc = self._last_error.get(source, (self._inbox_shard, None))
+        error = self._connection_error(
+            shard,
+            f"reconnecting for over {self.reconnect_deadline:g} s",
+            exc if exc is not None else TimeoutError("no connection"),
+        )
+        error.__cause__ = exc
+        self._broken = error
+        self._wake_receivers()
+
+    def _wake_receivers(self) -> None:
+        """Wake every waiting receiver so that it re-checks ``closed`` / ``_broken``."""
+        streams = [c.send for c in self._local.values()]
+        streams += [w.send for w in self._workers.values()]
+        for stream in streams:
+            for _ in range(stream.statistics().tasks_waiting_receive):
+                with contextlib.suppress(anyio.WouldBlock):
+                    stream.send_nowait(_WAKE)
+
+    def _note_up(self, source: str, shard: _Shard) -> None:
+        if source in self._down_since:
+            del self._down_since[source]
+            self._last_error.pop(source, None)
+            self._counts.reconnects += 1
+            _log.info("reconnected to Redis (%s on %s)", source, shard.host.label)
+            if not self._down_since:
+                self._broken = None
+
+    async def _sync_clock(self) -> None:
+        shard = self._inbox_shard
+        before = time.time()
+        reply = await self._run(shard, "reading the server clock", "time", [], [])
+        after = time.time()
+        seconds, micros = cast("list[bytes]", reply)
+        server_ms = int(seconds) * 1000 + int(micros) / 1000
+        self._clock_offset_ms = server_ms - (before + after) * 500.0
+
+    # ----------------------------------------------------------- the API
+
+    async def new_channel(self, prefix: str = "specific.") -> str:
+        """Return a new ``!`` channel owned by this layer instance. A checkpoint."""
+        await anyio.lowlevel.checkpoint()
+        self._check_open()
+        name = new_channel_name(prefix, self._proc)
+        self._local_channel(name)
+        return name
+
+    async def send(self, channel: str, message: Message) -> None:
+        """Queue ``message`` on ``channel`` in one script call (batched per host). A checkpoint.
+
+        Raises:
+            ChannelFull: the channel (for ``!`` channels: the owner's inbox, or the
+                channel marked full by its owner) has no room.
+            LayerConnectionError: Redis failed; the message may or may not be queued.
+        """
+        self._check_open()
+        channel = self.require_valid_channel_name(channel)
+        body = self._encode(self.require_valid_message(message))
+        shard = self._shard_for(channel)
+        item = self._pending(channel, body)
+        if not shard.queue and not shard.in_flight:
+            # Nothing else is being sent: go straight to Redis, no batcher hop.
+            shard.in_flight += 1
+            try:
+                [item.status] = await self._send_batch(shard, [item])
+            finally:
+                shard.in_flight -= 1
+        else:
+            shard.queue.append(item)
+            shard.wakeup.set()
+            try:
+                await item.done.wait()
+            except BaseException:
+                if not item.taken and not item.done.is_set():
+                    # Never written: the cancelled send sent nothing.
+                    shard.queue.remove(item)
+                raise
+        self._finish_send(channel, item)
+
+    def _pending(self, channel: str, body: bytes) -> _PendingSend:
+        if "!" in channel:
+            return _PendingSend(
+                key=f"{self.prefix}:{{p:{_inbox_id(channel)}}}:in",
+                kind="i",
+                capacity=self.inbox_capacity,
+                target=channel,
+                body=body,
+            )
+        return _PendingSend(
+            key=self._worker_key(channel),
+            kind="n",
+            capacity=self.get_capacity(channel),
+            target="",
+            body=body,
+        )
+
+    def _finish_send(self, channel: str, item: _PendingSend) -> None:
+        if item.error is not None:
+            raise item.error
+        if item.status == 1:
+            self._counters.sent += 1
+        elif item.status == 0:
+            raise ChannelFull(channel, self.get_capacity(channel))
+        elif item.status == -2:
+            raise ChannelFull(channel, self.inbox_capacity)
+        else:
+            self._counters.dropped += 1
+            _log.debug(
+                "dropped a message for %s: its process has no inbox (gone)", channel
+            )
+
+    async def _batcher(self, shard: _Shard) -> None:
+        """Send queued ``send`` calls for one host, many per script call when they pile up."""
+        while True:
+            await shard.wakeup.wait()
+            shard.wakeup = anyio.Event()
+            while shard.queue:
+                batch: list[_PendingSend] = []
+                size = 0
+                while shard.queue and len(batch) < 256 and size < 4_000_000:
+                    item = shard.queue.popleft()
+                    item.taken = True
+                    batch.append(item)
+                    size += len(item.body)
+                shard.in_flight += 1
+                try:
+                    statuses = await self._send_batch(shard, batch)
+                except LayerConnectionError as exc:
+                    for item in batch:
+                        item.error = LayerConnectionError(*exc.args)
+                        item.error.__cause__ = exc.__cause__
+                        item.done.set()
+                except BaseException:
+                    for item in batch:
+                        item.error = anyio.ClosedResourceError(
+                            "RedisChannelLayer is closed"
+                        )
+                        item.done.set()
+                    raise
+                else:
+                    for item, status in zip(batch, statuses, strict=True):
+                        item.status = status
+                        item.done.set()
+                finally:
+                    shard.in_flight -= 1
+
+    async def _send_batch(
+        self, shard: _Shard, batch: Sequence[_PendingSend]
+    ) -> list[int]:
+        args: list[str | bytes | int] = [self._expiry_ms]
+        for item in batch:
+            args += [item.kind, item.capacity, item.target, item.body]
+        reply = cast(
+            "list[int]",
+            await self._run(
+                shard, "sending", "send_many", [i.key for i in batch], args
+            ),
+        )
+        self._counters.expired += reply[-1]
+        return reply[:-1]
+
+    async def send_many(self, channel_messages: Iterable[tuple[str, Message]]) -> None:
+        """Send every ``(channel, message)`` pair with one script call per host.
+
+        Everything is validated and encoded first. Every message whose channel
+        has room is queued; then ``ChannelFull`` is raised for the first full one.
+        A checkpoint.
+        """
+        self._check_open()
+        pending: list[tuple[str, _PendingSend]] = []
+        for channel, message in channel_messages:
+            name = self.require_valid_channel_name(channel)
+            pending.append(
+                (
+                    name,
+                    self._pending(
+                        name, self._encode(self.require_valid_message(message))
+                    ),
+                )
+            )
+        by_shard: dict[int, list[_PendingSend]] = {}
+        for name, item in pending:
+            by_shard.setdefault(self._shard_for(name).index, []).append(item)
+
+        async def one(index: int, items: list[_PendingSend]) -> None:
+            for item, status in zip(
+                items, await self._send_batch(self._shards[index], items), strict=True
+            ):
+                item.status = status
+
+        if not by_shard:
+            await anyio.lowlevel.checkpoint()
+        elif len(by_shard) == 1:
+            [(index, items)] = by_shard.items()
+            await one(index, items)
+        else:
+            async with anyio.create_task_group() as tg:
+                for index, items in by_shard.items():
+                    tg.start_soon(one, index, items)
+        first: ChannelFull | None = None
+        for name, item in pending:
+            try:
+                self._finish_send(name, item)
+            except ChannelFull as exc:
+                first = first or exc
+        if first is not None:
+            raise first
+
+    async def receive(self, channel: str) -> dict[str, Any]:
+        """Wait for the next message on ``channel``; cancellation-safe. A checkpoint.
+
+        Raises:
+            InvalidChannelName: the name is invalid, or it is a ``!`` channel of
+                another process (only its creator can receive on it).
+            LayerConnectionError: ``reconnect_deadline`` passed while disconnected.
+        """
+        self._check_open()
+        channel = self.require_valid_channel_name(channel)
+        if "!" in channel:
+            local = self._local_channel(channel)
+            local.waiting += 1
+            try:
+                item = await self._take(local.receive)
+            finally:
+                local.waiting -= 1
+                local.last_active = self._now()
+            if (
+                local.flagged
+                and local.receive.statistics().current_buffer_used
+                <= local.capacity // 2
+            ):
+                local.flagged = False
+                self._flag_changes[channel] = False
+                self._wake()
+            return item.message
+        wc = self._worker(channel)
+        item = await self._take_worker(wc)
+        if item.entry_id is not None:
+            self._pending_acks.setdefault(wc.name, []).append(item.entry_id)
+            self._wake()
+        return item.message
+
+    def receive_delivery(
+        self, channel: str
+    ) -> contextlib.AbstractAsyncContextManager[dict[str, Any]]:
+        """``async with layer.receive_delivery(channel) as message:`` for workers.
+
+        On at-least-once channels the entry is acknowledged when the block exits
+        cleanly and redelivered (after ``visibility_timeout``) if it raises, is
+        cancelled or the process dies; see the class docstring. Elsewhere it is
+        :meth:`receive`. Entering is a cancellation-safe checkpoint; exiting
+        cleanly waits for the acknowledgement (retried; a failure is logged
+        and the message will be delivered again).
+        """
+        channel = self.require_valid_channel_name(channel)
+        if "!" in channel or self.get_delivery(channel) == "at-most-once":
+            return self._receive_at_most_once(channel)
+        return self._receive_acked(channel)
+
+    @contextlib.asynccontextmanager
+    async def _receive_acked(self, channel: str) -> AsyncIterator[dict[str, Any]]:
+        self._check_open()
+        wc = self._worker(channel)
+        item = await self._take_worker(wc)
+        assert item.entry_id is not None
+        try:
+            yield item.message
+        except BaseException:
+            wc.leased.discard(item.entry_id)
+            raise
+        with anyio.move_on_after(self.visibility_timeout, shield=True):
+            try:
+                await self._run_idempotent(
+                    wc.shard, "acknowledging", "ack", [wc.key], [item.entry_id]
+                )
+            except LayerConnectionError as exc:
+                _log.warning(
+                    "could not acknowledge a message on %s; it will be delivered again: %s",
+                    channel,
+                    exc,
+                )
+        wc.leased.discard(item.entry_id)
+
+    async def _take(
+        self, stream: MemoryObjectReceiveStream[_Item], wc: _WorkerChannel | None = None
+    ) -> _Item:
+        """Take the next live item; cancellation-safe (no checkpoint after taking it)."""
+        while True:
+            self._check_open()
+            if (
+                self._broken is not None
+                and stream.statistics().current_buffer_used == 0
+            ):
+                raise LayerConnectionError(
+                    *self._broken.args
+                ) from self._broken.__cause__
+            item = await stream.receive()
+            if item is _WAKE:
+                continue  # closed, or disconnected past reconnect_deadline: re-check
+            if wc is not None:
+                wc.outstanding -= 1
+            if item.deadline < self._now():
+                self._counters.expired += 1
+                continue
+            if (
+                wc is not None
+                and item.entry_id is not None
+                and item.entry_id not in wc.leased
+            ):
+                continue  # its lease was lost: another reader has delivered it again
+            self._counters.received += 1
+            return item
+
+    async def _take_worker(self, wc: _WorkerChannel) -> _Item:
+        wc.waiting += 1
+        wc.last_active = self._now()
+        wc.demand.set()
+        self._start_worker_reader(wc)
+        try:
+            return await self._take(wc.receive, wc)
+        finally:
+            wc.waiting -= 1
+            wc.last_active = self._now()
+
+    # ----------------------------------------------------------- groups
+
+    async def group_add(self, group: str, channel: str) -> None:
+        """Add ``channel`` to ``group`` on the host of the channel's destination. A checkpoint."""
+        self._check_open()
+        group = self.require_valid_group_name(group)
+        channel = self.require_valid_channel_name(channel)
+        keys = self._group_keys(group)
+        capacity = "" if "!" in channel else str(self.get_capacity(channel))
+        await self._run(
+            self._shard_for(channel),
+            "adding to a group",
+            "group_add",
+            keys,
+            [channel, max(1, int(self.group_expiry * 1000)), capacity],
+        )
+        self._memberships.setdefault(group, set()).add(channel)
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        """Remove ``channel`` from ``group``; nothing happens if it is not a member. A checkpoint."""
+        self._check_open()
+        group = self.require_valid_group_name(group)
+        channel = self.require_valid_channel_name(channel)
+        await self._run(
+            self._shard_for(channel),
+            "leaving a group",
+            "group_discard",
+            self._group_keys(group),
+            [channel],
+        )
+        members = self._memberships.get(group)
+        if members is not None:
+            members.discard(channel)
+            if not members:
+                del self._memberships[group]
+
+    async def group_send(self, group: str, message: Message) -> None:
+        """Send ``message`` to every member of ``group``: one script per host. A checkpoint."""
+        await self.group_send_many([(group, message)])
+
+    async def group_send_many(
+        self, group_messages: Iterable[tuple[str, Message]]
+    ) -> None:
+        """``group_send`` every ``(group, message)`` pair in one script call per host. A checkpoint."""
+        self._check_open()
+        keys: list[str] = []
+        bodies: list[bytes] = []
+        for group, message in group_messages:
+            keys.extend(self._group_keys(self.require_valid_group_name(group)))
+            bodies.append(self._encode(self.require_valid_message(message)))
+        if not bodies:
+            await anyio.lowlevel.checkpoint()
+            return
+        args: list[str | bytes | int] = [
+            self.prefix,
+            self._expiry_ms,
+            self.inbox_capacity,
+            self.capacity,
+            *bodies,
+        ]
+
+        async def one(shard: _Shard) -> None:
+            reply = cast(
+                "list[int]",
+                await self._run(
+                    shard, "sending to a group", "group_send_many", keys, args
+                ),
+            )
+            self._counters.sent += reply[0]
+            self._counters.dropped += reply[1]
+            self._counters.expired += reply[2]
+            if reply[1]:
+                _log.info(
+                    "%d group copies dropped (member full or gone) on %s",
+                    reply[1],
+                    shard.host.label,
+                )
+
+        if len(self._shards) == 1:
+            await one(self._shards[0])
+        else:
+            async with anyio.create_task_group() as tg:
+                for shard in self._shards:
+                    tg.start_soon(one, shard)
+
+    # ----------------------------------------------------------- flush, statistics, dead letters
+
+    async def flush(self) -> None:
+        """Delete every key under ``prefix`` on every host (``SCAN``, never ``KEYS``) and local buffers.
+
+        Inboxes are emptied rather than deleted, so live processes keep
+        receiving. Other processes' local buffers are not touched. A checkpoint.
+        """
+        self._check_open()
+        self._flush_epoch += 1
+        marker = await self._run(
+            self._inbox_shard,
+            "marking the inbox",
+            "mark",
+            [self._inbox_key],
+            [self._inbox_ttl_ms],
+        )
+        self._inbox_floor = _id_key(cast("bytes", marker))
+        pattern = f"{self.prefix}:*"
+        for shard in self._shards:
+            assert shard.write is not None
+            try:
+                batch: list[bytes] = []
+                async for key in shard.write.scan_iter(match=pattern, count=1000):
+                    batch.append(key)
+                    if len(batch) >= 500:
+                        await self._script(shard.write, "flush", [], batch)
+                        batch = []
+                if batch:
+                    await self._script(shard.write, "flush", [], batch)
+            except _REDIS_ERRORS as exc:
+                raise self._connection_error(shard, "flushing", exc) from exc
+        for local in self._local.values():
+            _drain(local.receive)
+            local.flagged = False
+        for wc in self._workers.values():
+            _drain_worker(wc)
+            wc.leased.clear()
+        self._flag_changes.clear()
+        self._pending_acks.clear()
+        self._memberships.clear()
+
+    def statistics(self) -> LayerStatistics:
+        """This process's view: local buffers, and memberships it added (expiry not tracked)."""
+        queued = sum(
+            c.receive.statistics().current_buffer_used for c in self._local.values()
+        )
+        queued += sum(
+            w.receive.statistics().current_buffer_used for w in self._workers.values()
+        )
+        return self._make_statistics(
+            channels=len(self._local) + len(self._workers),
+            queued_messages=queued,
+            groups=len(self._memberships),
+            members=sum(len(m) for m in self._memberships.values()),
+        )
+
+    def redis_statistics(self) -> RedisLayerStatistics:
+        """Counters specific to this layer: reconnects, rejected bodies, overflows, ..."""
+        c = self._counts
+        return RedisLayerStatistics(
+            reconnects=c.reconnects,
+            rejected=c.rejected,
+            local_overflow=c.local_overflow,
+            requeued=c.requeued,
+            dead_lettered=c.dead_lettered,
+            connected=not self._down_since,
+        )
+
+    async def dead_letters(self, channel: str, *, count: int = 100) -> list[DeadLetter]:
+        """The oldest ``count`` dead letters of an at-least-once ``channel``. A checkpoint.
+
+        The stream is ``<prefix>:{c:<channel>}:dead`` (capped near 10,000
+        entries, kept 7 days after the latest addition); delete entries with
+        ``XDEL`` once handled.
+        """
+        self._check_open()
+        channel = self.require_valid_channel_name(channel)
+        shard = self._shard_for(channel)
+        assert shard.write is not None
+        request = shard.write.create_request(
+            CommandName.XRANGE,
+            self._worker_key(channel) + ":dead",
+            b"-",
+            b"+",
+            b"COUNT",
+            count,
+            callback=_raw,
+        )
+        try:
+            entries = cast(
+                "list[list[Any]]", await shard.write.execute_command(request)
+            )
+        except _REDIS_ERRORS as exc:
+            raise self._connection_error(shard, "reading dead letters", exc) from exc
+        out: list[DeadLetter] = []
+        for _, flat in entries:
+            fields: dict[bytes, bytes] = dict(zip(flat[::2], flat[1::2], strict=True))
+            plain = self._decode(fields[b"m"], channel)
+            message = None if plain is None else self._loads(plain, channel)
+            out.append(
+                DeadLetter(
+                    message=message,
+                    entry_id=fields[b"id"].decode(),
+                    deliveries=int(fields[b"deliveries"]),
+                )
+            )
+        return out
+
+    # ----------------------------------------------------------- process-local channels
+
+    def _local_channel(self, name: str) -> _LocalChannel:
+        local = self._local.get(name)
+        if local is None:
+            if _inbox_id(name) != self._proc:
+                raise InvalidChannelName(
+                    name,
+                    "is a process-specific channel of another layer instance; "
+                    "only the layer whose new_channel() created it can receive on it",
+                )
+            capacity = self.get_capacity(name)
+            send, receive = anyio.create_memory_object_stream[_Item](capacity)
+            local = _LocalChannel(
+                name, capacity, send, receive, last_active=self._now()
+            )
+            self._local[name] = local
+        return local
+
+    async def _inbox_reader(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The one blocking reader of this process's inbox: fans entries out to local buffers.
+
+        Supports ``TaskGroup.start``: started once its connection works.
+        """
+        shard = self._inbox_shard
+        cursor = b"0-0"
+        failures = 0
+        started = False
+        block_ms = max(1, int(self.block_time * 1000))
+        while True:
+            error: BaseException | None = None
+            try:
+                async with self._make_client(shard, "inbox", blocking=True) as client:
+                    try:
+                        if not started:
+                            await client.ping()
+                            task_status.started()
+                            started = True
+                        while True:
+                            request = client.create_request(
+                                CommandName.XREAD,
+                                b"COUNT",
+                                100,
+                                b"BLOCK",
+                                block_ms,
+                                b"STREAMS",
+                                self._inbox_key,
+                                cursor,
+                                callback=_raw,
+                            )
+                            reply = await client.execute_command(request)
+                            self._note_up("inbox", shard)
+                            failures = 0
+                            if reply:
+                                entries = next(
+                                    iter(cast("dict[bytes, list[Any]]", reply).values())
+                                )
+                                cursor = self._route_inbox(entries)
+                                self._trim_to = _next_id(cursor)
+                                self._untrimmed += len(entries)
+                                if self._untrimmed >= 64:
+                                    self._wake()
+                    except _REDIS_ERRORS as exc:
+                        error = exc
+            except* _REDIS_ERRORS as group:
+                error = group.exceptions[0]
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            if not started:
+                assert error is not None
+                raise self._connection_error(shard, "connecting", error) from error
+            self._note_down("inbox", shard, error)
+            await anyio.sleep(_backoff(failures))
+            failures += 1
+
+    def _route_inbox(self, entries: Sequence[tuple[bytes, Any]]) -> bytes:
+        now_ms = self._server_now_ms()
+        now = self._now()
+        last = b"0-0"
+        floor = self._inbox_floor
+        for entry_id, fields in entries:
+            last = entry_id
+            if not fields or (floor is not None and _id_key(entry_id) <= floor):
+                continue  # an empty marker, or sent before the latest flush()
+            values = dict(zip(fields[::2], fields[1::2], strict=True))
+            targets = values.get(b"t", b"").decode().split(",")
+            age = (now_ms - _entry_ms(entry_id)) / 1000.0
+            remaining = self.expiry - age
+            if remaining <= 0:
+                self._counters.expired += len(targets)
+                continue
+            plain = self._decode(values.get(b"m", b""), targets[0])
+            if plain is None:
+                continue
+            for target in targets:
+                if not target or _inbox_id(target) != self._proc:
+                    continue
+                message = self._loads(plain, target)
+                if message is None:
+                    break
+                self._deliver_local(target, _Item(now + remaining, message))
+        return last
+
+    def _deliver_local(self, target: str, item: _Item) -> None:
+        local = self._local_channel(target)
+        try:
+            local.send.send_nowait(item)
+        except anyio.WouldBlock:
+            self._counters.dropped += 1
+            self._counts.local_overflow += 1
+            now = self._now()
+            if now - self._last_overflow_log.get(target, -math.inf) > 10.0:
+                self._last_overflow_log[target] = now
+                _log.warning(
+                    "dropped a message for %s: its buffer is full (capacity %d); "
+                    "the consumer is not keeping up",
+                    target,
+                    local.capacity,
+                )
+        else:
+            local.last_deadline = item.deadline
+        if (
+            not local.flagged
+            and local.receive.statistics().current_buffer_used >= local.capacity
+        ):
+            local.flagged = True
+            self._flag_changes[target] = True
+            self._wake()
+
+    # ----------------------------------------------------------- worker channels
+
+    def _worker(self, channel: str) -> _WorkerChannel:
+        wc = self._workers.get(channel)
+        if wc is None:
+            send, receive = anyio.create_memory_object_stream[_Item](math.inf)
+            wc = _WorkerChannel(
+                name=channel,
+                key=self._worker_key(channel),
+                shard=self._shard_for(channel),
+                delivery=self.get_delivery(channel),
+                send=send,
+                receive=receive,
+                last_active=self._now(),
+            )
+            self._workers[channel] = wc
+        return wc
+
+    def _start_worker_reader(self, wc: _WorkerChannel) -> None:
+        if not wc.reader_running and self._tg is not None:
+            wc.reader_running = True
+            self._tg.start_soon(self._worker_reader, wc)
+
+    async def _worker_reader(self, wc: _WorkerChannel) -> None:
+        """The blocking reader of one normal channel; fetches only what waiting receivers need."""
+        source = f"channel {wc.name}"
+        failures = 0
+        try:
+            while not self._closed:
+                error: BaseException | None = None
+                try:
+                    async with self._make_client(
+                        wc.shard, "worker", blocking=True
+                    ) as client:
+                        try:
+                            while True:
+                                try:
+                                    await self._script(
+                                        client,
+                                        "ensure_group",
+                                        [wc.key],
+                                        [self._expiry_ms],
+                                    )
+                                    await self._recover_pending(wc, client)
+                                    self._note_up(source, wc.shard)
+                                    failures = 0
+                                    if not await self._worker_loop(wc, client):
+                                        return
+                                except (
+                                    coredis.exceptions.StreamConsumerGroupError,
+                                    coredis.exceptions.UnblockedError,
+                                ):
+                                    # The stream expired or was flushed: recreate the group.
+                                    await anyio.lowlevel.checkpoint()
+                        except _REDIS_ERRORS as exc:
+                            error = exc
+                except* _REDIS_ERRORS as group:
+                    error = group.exceptions[0]
+                # coredis turns a cancelled connection attempt into ConnectionError:
+                # let a pending cancellation (shutdown) win before reporting anything.
+                await anyio.lowlevel.checkpoint_if_cancelled()
+                self._note_down(source, wc.shard, error)
+                await anyio.sleep(_backoff(failures))
+                failures += 1
+        finally:
+            wc.reader_running = False
+            self._down_since.pop(source, None)
+
+    async def _worker_loop(self, wc: _WorkerChannel, client: _Client) -> bool:
+        """Serve ``wc`` until it has been idle for ``visibility_timeout`` (returns False)."""
+        block_ms = max(1, int(min(self.block_time, self.visibility_timeout / 2) * 1000))
+        while True:
+            if self._closed:
+                return False
+            # Receivers still waiting, minus items fetched for them and not yet
+            # taken (a receiver handed an item may not have resumed yet).
+            need = wc.waiting - wc.outstanding
+            if need <= 0:
+                with anyio.move_on_after(self.visibility_timeout):
+                    await wc.demand.wait()
+                wc.demand = anyio.Event()
+                if (
+                    wc.waiting == 0
+                    and self._now() - wc.last_active >= self.visibility_timeout
+                ):
+                    stranded = _drain_worker(wc)
+                    if stranded and wc.delivery == "at-most-once":
+                        await self._requeue(wc, stranded)
+                    for item in stranded:
+                        if item.entry_id is not None:
+                            wc.leased.discard(item.entry_id)
+                    return False
+                continue
+            now = self._now()
+            if now >= wc.next_claim:
+                wc.next_claim = now + self.visibility_timeout / 2
+                if await self._claim(wc, client, need):
+                    continue
+            request = client.create_request(
+                CommandName.XREADGROUP,
+                b"GROUP",
+                _GROUP,
+                self._proc,
+                b"COUNT",
+                need,
+                b"BLOCK",
+                block_ms,
+                b"STREAMS",
+                wc.key,
+                b">",
+                callback=_raw,
+            )
+            epoch = self._flush_epoch
+            reply = await client.execute_command(request)
+            if reply:
+                entries = next(iter(cast("dict[bytes, list[Any]]", reply).values()))
+                await self._accept(wc, [(e[0], e[1]) for e in entries], epoch)
+
+    async def _recover_pending(self, wc: _WorkerChannel, client: _Client) -> None:
+        """Deliver entries fetched for this process whose reply was lost with a connection."""
+        epoch = self._flush_epoch
+        request = client.create_request(
+            CommandName.XREADGROUP,
+            b"GROUP",
+            _GROUP,
+            self._proc,
+            b"COUNT",
+            10_000,
+            b"STREAMS",
+            wc.key,
+            b"0",
+            callback=_raw,
+        )
+        reply = await client.execute_command(request)
+        if not reply:
+            return
+        entries = next(iter(cast("dict[bytes, list[Any]]", reply).values()))
+        fresh = [(e[0], e[1]) for e in entries if e[0] not in wc.leased]
+        gone = [entry_id for entry_id, fields in fresh if not fields]
+        if gone:  # deleted (trimmed) while pending: drop the dangling references
+            await self._script(client, "ack", [wc.key], gone)
+        await self._accept(wc, [(i, f) for i, f in fresh if f], epoch)
+
+    async def _claim(self, wc: _WorkerChannel, client: _Client, need: int) -> bool:
+        """Claim entries idle past ``visibility_timeout``; True if any were delivered."""
+        max_deliveries = self.max_deliveries if wc.delivery == "at-least-once" else 0
+        epoch = self._flush_epoch
+        reply = cast(
+            "list[Any]",
+            await self._script(
+                client,
+                "claim",
+                [wc.key, wc.key + ":dead"],
+                [
+                    self._proc,
+                    int(self.visibility_timeout * 1000),
+                    need,
+                    max_deliveries,
+                    10_000,
+                    7 * 86_400_000,
+                ],
+            ),
+        )
+        claimed, dead = reply
+        if dead:
+            self._counts.dead_lettered += dead
+            _log.warning(
+                "moved %d message(s) of %s to its dead-letter stream after %d deliveries",
+                dead,
+                wc.name,
+                self.max_deliveries,
+            )
+        entries = [(e[0], [b"m", e[1]]) for e in claimed if e[0] not in wc.leased]
+        for e in claimed:
+            if e[0] in wc.leased:  # still ours (renewal was late): keep it
+                continue
+            if wc.delivery == "at-least-once":
+                _log.info(
+                    "redelivering %s entry %s (delivery %d)",
+                    wc.name,
+                    e[0].decode(),
+                    e[2],
+                )
+        await self._accept(wc, entries, epoch)
+        return bool(entries)
+
+    async def _accept(
+        self, wc: _WorkerChannel, entries: Sequence[tuple[bytes, Any]], epoch: int
+    ) -> None:
+        """Decode fetched entries and buffer them (acknowledging first if at-most-once).
+
+        Entries read before a ``flush()`` that completed meanwhile are dropped.
+        """
+        if not entries or epoch != self._flush_epoch:
+            return
+        if wc.delivery == "at-most-once":
+            await self._ack_until_done(wc, [e[0] for e in entries])
+        now_ms = self._server_now_ms()
+        now = self._now()
+        drop: list[bytes] = []
+        for entry_id, fields in entries:
+            values = dict(zip(fields[::2], fields[1::2], strict=True))
+            remaining = self.expiry - (now_ms - _entry_ms(entry_id)) / 1000.0
+            if remaining <= 0:
+                self._counters.expired += 1
+                drop.append(entry_id)
+                continue
+            plain = self._decode(values.get(b"m", b""), wc.name)
+            message = None if plain is None else self._loads(plain, wc.name)
+            if message is None:
+                drop.append(entry_id)
+                continue
+            if wc.delivery == "at-least-once":
+                wc.leased.add(entry_id)
+                wc.send.send_nowait(_Item(now + remaining, message, entry_id))
+                wc.outstanding += 1
+            else:
+                wc.send.send_nowait(_Item(now + remaining, message))
+                wc.outstanding += 1
+        if drop and wc.delivery == "at-least-once":
+            await self._run_idempotent(wc.shard, "acknowledging", "ack", [wc.key], drop)
+        if self._closed and wc.delivery == "at-most-once":
+            # Fetched while closing: _release_workers may already have run.
+            await self._requeue(wc, _drain_worker(wc))
+
+    async def _ack_until_done(self, wc: _WorkerChannel, ids: Sequence[bytes]) -> None:
+        """Acknowledge at-most-once entries before handing them over; retried until it works."""
+        failures = 0
+        while True:
+            try:
+                await self._run(wc.shard, "acknowledging", "ack", [wc.key], ids)
+            except LayerConnectionError as exc:
+                self._note_down(f"channel {wc.name}", wc.shard, exc)
+                await anyio.sleep(_backoff(failures))
+                failures += 1
+            else:
+                if failures:
+                    self._note_up(f"channel {wc.name}", wc.shard)
+                return
+
+    async def _requeue(self, wc: _WorkerChannel, items: Sequence[_Item]) -> None:
+        """Append stranded at-most-once messages to their stream again (order is lost)."""
+        batch = [
+            _PendingSend(
+                key=wc.key,
+                kind="r",
+                capacity=0,
+                target="",
+                body=self._encode(item.message),
+            )
+            for item in items
+        ]
+        try:
+            await self._send_batch(wc.shard, batch)
+        except LayerConnectionError as exc:
+            self._counters.dropped += len(batch)
+            _log.warning(
+                "lost %d buffered message(s) of %s: %s", len(batch), wc.name, exc
+            )
+        else:
+            self._counts.requeued += len(batch)
+
+    # ----------------------------------------------------------- housekeeping
+
+    async def _housekeeper(self) -> None:
+        """Trims the inbox, keeps it alive, renews leases, flushes acks and flags, sweeps buffers."""
+        refresh = min(self._inbox_ttl_ms / 4000.0, 5.0)
+        renew = self.visibility_timeout / 3
+        tick = min(1.0, refresh, renew)
+        next_keepalive = next_renew = next_sweep = next_clock = 0.0
+        failures = 0
+        while True:
+            with anyio.move_on_after(tick if failures == 0 else _backoff(failures)):
+                await self._hk_event.wait()
+            self._hk_event = anyio.Event()
+            now = self._now()
+            self._check_deadline()
+            try:
+                await self._flush_trim()
+                await self._flush_flags()
+                await self._flush_acks()
+                if now >= next_keepalive:
+                    next_keepalive = now + refresh
+                    created = await self._run(
+                        self._inbox_shard,
+                        "keeping the inbox alive",
+                        "keepalive",
+                        [self._inbox_key, self._full_key],
+                        [self._inbox_ttl_ms],
+                    )
+                    if created:
+                        _log.warning(
+                            "the inbox %s had vanished and was recreated",
+                            self._inbox_key,
+                        )
+                if now >= next_renew:
+                    next_renew = now + renew
+                    await self._renew_leases()
+                if now >= next_sweep:
+                    next_sweep = now + min(self.expiry, 10.0)
+                    self._sweep()
+                if now >= next_clock:
+                    next_clock = now + 60.0
+                    await self._sync_clock()
+                failures = 0
+            except LayerConnectionError as exc:
+                failures += 1
+                _log.debug("housekeeping failed (will retry): %s", exc)
+
+    async def _flush_trim(self) -> None:
+        if self._trim_to is None:
+            return
+        trim_to, self._trim_to = self._trim_to, None
+        self._untrimmed = 0
+        shard = self._inbox_shard
+        assert shard.write is not None
+        request = shard.write.create_request(
+            CommandName.XTRIM, self._inbox_key, b"MINID", trim_to, callback=_raw
+        )
+        try:
+            await shard.write.execute_command(request)
+        except _REDIS_ERRORS as exc:
+            if self._trim_to is None:
+                self._trim_to = trim_to
+            raise self._connection_error(shard, "trimming the inbox", exc) from exc
+
+    async def _flush_flags(self) -> None:
+        if not self._flag_changes:
+            return
+        changes, self._flag_changes = self._flag_changes, {}
+        adds = [c for c, full in changes.items() if full]
+        removes = [c for c, full in changes.items() if not full]
+        try:
+            await self._run(
+                self._inbox_shard,
+                "marking full channels",
+                "flags",
+                [self._full_key],
+                [self._inbox_ttl_ms, len(adds), *adds, *removes],
+            )
+        except LayerConnectionError:
+            for channel, full in changes.items():
+                self._flag_changes.setdefault(channel, full)
+            raise
+
+    async def _flush_acks(self) -> None:
+        while self._pending_acks:
+            channel, ids = self._pending_acks.popitem()
+            wc = self._workers.get(channel)
+            if wc is None:
+                continue
+            try:
+                await self._run(wc.shard, "acknowledging", "ack", [wc.key], ids)
+            except LayerConnectionError:
+                self._pending_acks.setdefault(channel, []).extend(ids)
+                raise
+            wc.leased.difference_update(ids)
+
+    async def _renew_leases(self) -> None:
+        for wc in list(self._workers.values()):
+            if not wc.leased:
+                continue
+            ids = sorted(wc.leased)
+            lost = cast(
+                "list[bytes]",
+                await self._run(
+                    wc.shard, "renewing leases", "renew", [wc.key], [self._proc, *ids]
+                ),
+            )
+            if lost:
+                wc.leased.difference_update(lost)
+                _log.warning(
+                    "lost the lease of %d message(s) on %s (held past visibility_timeout "
+                    "without renewal); another reader may deliver them again",
+                    len(lost),
+                    wc.name,
+                )
+
+    def _sweep(self) -> None:
+        """Forget ``!`` buffers nobody has waited on for ``expiry`` whose messages all expired."""
+        now = self._now()
+        for name, local in list(self._local.items()):
+            if (
+                local.waiting == 0
+                and now - local.last_active > self.expiry
+                and local.last_deadline < now
+            ):
+                expired = len(_drain(local.receive))
+                self._counters.expired += expired
+                local.send.close()
+                local.receive.close()
+                del self._local[name]
+                self._last_overflow_log.pop(name, None)
+                if local.flagged:
+                    self._flag_changes[name] = False
+        for name, wc in list(self._workers.items()):
+            if (
+                not wc.reader_running
+                and wc.waiting == 0
+                and not wc.leased
+                and wc.receive.statistics().current_buffer_used == 0
+                and now - wc.last_active > self.expiry
+            ):
+                wc.send.close()
+                wc.receive.close()
+                del self._workers[name]
+
+
+# --------------------------------------------------------------------------- module helpers
+
+
+def _drain(stream: MemoryObjectReceiveStream[_Item]) -> list[_Item]:
+    items: list[_Item] = []
+    while True:
+        try:
+            items.append(stream.receive_nowait())
+        except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+            return items
+
+
+def _drain_worker(wc: _WorkerChannel) -> list[_Item]:
+    items = [item for item in _drain(wc.receive) if item is not _WAKE]
+    wc.outstanding -= len(items)
+    return items
+
+
+def _backoff(failures: int) -> float:
+    """50 ms doubling to 2 s, with jitter in [50 %, 100 %]."""
+    return min(2.0, 0.05 * (1 << min(failures, 10))) * random.uniform(0.5, 1.0)
+
+
+def _positive_int(name: str, value: object) -> int:
+    if type(value) is not int or value < 1:
+        msg = f"{name} is {value!r}, which is not an int >= 1"
+        raise InvalidChannelLayerError(msg)
+    return value
+
+
+def _positive_float(name: str, value: object) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 < value < math.inf
+    ):
+        msg = f"{name} is {value!r}, which is not a positive finite number"
+        raise InvalidChannelLayerError(msg)
+    return float(value)
+
+
+def _make_fernet(keys: Sequence[str | bytes] | None) -> MultiFernet | None:
+    if keys is None:
+        return None
+    if isinstance(keys, str | bytes) or not isinstance(keys, Sequence):
+        msg = "symmetric_encryption_keys must be a list of keys (the first encrypts, all decrypt), not a single key"
+        raise InvalidChannelLayerError(msg)
+    if not keys:
+        msg = "symmetric_encryption_keys is empty; give at least one key or None"
+        raise InvalidChannelLayerError(msg)
+    try:
+        from cryptography.fernet import Fernet, MultiFernet
+    except ImportError:  # pragma: no cover - cryptography is a declared extra
+        msg = "symmetric_encryption_keys needs the 'cryptography' package (pip install trichannels[crypto])"
+        raise InvalidChannelLayerError(msg) from None
+    fernets = []
+    for key in keys:
+        if not isinstance(key, str | bytes) or not key:
+            msg = "each symmetric encryption key must be a non-empty str or bytes"
+            raise InvalidChannelLayerError(msg)
+        raw = key.encode() if isinstance(key, str) else key
+        fernets.append(Fernet(base64.urlsafe_b64encode(hashlib.sha256(raw).digest())))
+    return MultiFernet(fernets)
