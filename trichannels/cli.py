@@ -90,8 +90,6 @@ def _configure_layer(url: str | None) -> None:
     from trichannels.exceptions import ConfigurationError
     from trichannels.layers import channel_layers
 
-    # Child processes read the same setting from the environment.
-    os.environ["TRICHANNELS_LAYERS"] = url
     try:
         channel_layers.configure({"default": url})
     except ConfigurationError as exc:
@@ -176,6 +174,9 @@ def serve(
         from hypercorn.run import run
 
         config.application_path = spec
+        if getattr(args, "layer", None):
+            # Hypercorn's reloader starts fresh processes; they read the environment.
+            os.environ["TRICHANNELS_LAYERS"] = args.layer
         config.use_reloader = True
         config.workers = 1
         logger.info(
@@ -203,7 +204,7 @@ def serve(
                 spec,
                 config,
                 sockets,
-                os.environ.get("TRICHANNELS_LAYERS"),
+                getattr(args, "layer", None),
                 args.log_level,
             ),
             name=f"trichannels-worker-{n}",

@@ -135,6 +135,7 @@ async def _take_messages(
     stopping: anyio.Event,
     grace_period: float,
 ) -> None:
+    await anyio.lowlevel.checkpoint()
     while not stopping.is_set():
         try:
             async with layer.receive_delivery(channel) as message:
@@ -177,6 +178,7 @@ async def _handle(application: ASGIApp, channel: str, message: dict[str, Any]) -
             nonlocal delivered
             if not delivered:
                 delivered = True
+                await anyio.lowlevel.checkpoint()
                 return message
             await anyio.sleep_forever()
             raise AssertionError("unreachable")  # pragma: no cover
@@ -184,8 +186,7 @@ async def _handle(application: ASGIApp, channel: str, message: dict[str, Any]) -
         async def send(event: Message) -> None:
             if event.get("type") == "channel.handled":
                 instance.cancel()
-            else:
-                await anyio.lowlevel.checkpoint()
+            await anyio.lowlevel.checkpoint()
 
         await application({"type": "channel", "channel": channel}, receive, send)
 
