@@ -138,7 +138,12 @@ class AsyncConsumer:
     (``websocket.receive`` -> ``websocket_receive``). Serve it with
     :meth:`as_asgi`.
 
-    Class attributes (each may be overridden per connection via ``as_asgi``):
+    The class attributes ``channel_layer_alias``, ``close_timeout``,
+    ``max_pending_events`` and ``layer_event_handlers`` may each be
+    overridden per route with ``as_asgi(name=value)``; ``scope``,
+    ``channel_layer`` and ``channel_name`` are set on each instance.
+
+    Attributes:
         channel_layer_alias: which configured channel layer to attach
             (``None`` for none). When the alias is not configured at all the
             consumer simply has no layer (``self.channel_layer is None``).
@@ -148,8 +153,6 @@ class AsyncConsumer:
             before the instance stops reading (back-pressure towards the server).
         layer_event_handlers: if not ``None``, the only method names channel-layer
             messages may reach (a strict allowlist).
-
-    Attributes set per instance:
         scope: the connection scope.
         channel_layer: the attached layer, or ``None``.
         channel_name: this instance's layer channel (only when a layer is attached).

@@ -955,8 +955,14 @@ class SessionMiddleware(BaseMiddleware):
             cookie's ``Max-Age``.
         expire_at_browser_close: leave ``Max-Age`` out of the cookie (the store
             still expires sessions after ``max_age``).
-        cookie_path, cookie_domain, cookie_secure, cookie_httponly,
-        cookie_samesite: the cookie's attributes (see :func:`set_cookie`).
+        cookie_path: the cookie's ``Path`` attribute.
+        cookie_domain: the cookie's ``Domain`` attribute, or ``None`` for a
+            host-only cookie.
+        cookie_secure: add ``Secure`` to the cookie (HTTPS only).
+        cookie_httponly: add ``HttpOnly`` to the cookie (hidden from JavaScript).
+        cookie_samesite: the cookie's ``SameSite`` attribute: ``"strict"``,
+            ``"lax"``, ``"none"`` (needs ``cookie_secure=True``) or ``None``
+            (see :func:`set_cookie`).
         save_every_request: save (and so extend) a non-empty session on every
             response, not only when it changed.
 

@@ -84,7 +84,10 @@ _EVENT_STREAM_HEADERS: Final = (
 class AsyncHttpConsumer(AsyncConsumer):
     """A consumer for one HTTP request; override :meth:`handle`.
 
-    Class attributes (each may be overridden per route with ``as_asgi``):
+    Both class attributes may be overridden per route with
+    ``as_asgi(name=value)``.
+
+    Attributes:
         max_body_size: the largest request body accepted, in bytes (default
             2.5 MiB); ``None`` for no limit. Over it the client gets 413.
         max_pending_events: kept small (2) so that a too-large body is not
