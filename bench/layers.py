@@ -24,6 +24,12 @@ by other processes on a shared machine):
 ``group x100``
     ``group_send`` from one task, one receiving task per member (how
     consumers actually receive).
+``pairs via redis`` / ``pairs x10 via redis`` / ``group x100 via redis``
+    (Redis layer only) the same, but the receiving channels belong to a
+    second layer instance, as if in another process: every message makes
+    the round trip through Redis. The plain scenarios above send to the
+    sender's own ``!`` channels, which the Redis layer delivers in-process
+    (``local_delivery``); these show the cross-process path.
 ``floor``
     (trio only) two bare ``trio.lowlevel.cancel_shielded_checkpoint()`` calls
     per iteration: the scheduler's cost of the two checkpoints every pair
@@ -85,6 +91,15 @@ async def open_layer(kind: str) -> AsyncIterator[BaseChannelLayer]:
         finally:
             with anyio.CancelScope(shield=True):
                 await layer.flush()
+
+
+@contextlib.asynccontextmanager
+async def open_peer() -> AsyncIterator[BaseChannelLayer]:
+    """A second Redis layer instance: to Redis, another process."""
+    manager = ChannelLayerManager()
+    manager.configure({"default": REDIS_URL})
+    async with manager.open() as opened:
+        yield opened["default"]
 
 
 # ----------------------------------------------------------------------------- scenarios
@@ -160,10 +175,14 @@ async def group(layer: BaseChannelLayer, duration: float, members: int) -> Resul
 
 
 async def group_concurrent(
-    layer: BaseChannelLayer, duration: float, members: int
+    layer: BaseChannelLayer,
+    duration: float,
+    members: int,
+    receiver: BaseChannelLayer | None = None,
 ) -> Result:
     name = f"benchc{os.getpid()}"
-    channels = [await layer.new_channel() for _ in range(members)]
+    peer = layer if receiver is None else receiver
+    channels = [await peer.new_channel() for _ in range(members)]
     for channel in channels:
         await layer.group_add(name, channel)
     received = 0
@@ -173,7 +192,7 @@ async def group_concurrent(
     async def member(channel: str) -> None:
         nonlocal received, pending, round_done
         while True:
-            await layer.receive(channel)
+            await peer.receive(channel)
             received += 1
             pending -= 1
             if pending == 0:
@@ -198,6 +217,47 @@ async def group_concurrent(
     return result
 
 
+async def pairs_via_redis(
+    layer: BaseChannelLayer, duration: float, _members: int, tasks: int = 1
+) -> Result:
+    async with open_peer() as peer:
+        channels = [await peer.new_channel() for _ in range(tasks)]
+        counts = [0] * tasks
+        stop = anyio.Event()
+
+        async def worker(i: int, channel: str) -> None:
+            while not stop.is_set():
+                for _ in range(16):
+                    await layer.send(channel, PAIR_MESSAGE)
+                    await peer.receive(channel)
+                counts[i] += 16
+
+        async with anyio.create_task_group() as tg:
+            for i, channel in enumerate(channels):
+                tg.start_soon(worker, i, channel)
+            await anyio.sleep(min(0.3, duration / 4))  # warm-up
+            start = sum(counts)
+            c0, t0 = time.process_time(), time.perf_counter()
+            await anyio.sleep(duration)
+            ops = sum(counts) - start
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            stop.set()
+    return ops, wall, cpu
+
+
+async def pairs_via_redis_concurrent(
+    layer: BaseChannelLayer, duration: float, members: int
+) -> Result:
+    return await pairs_via_redis(layer, duration, members, tasks=10)
+
+
+async def group_via_redis(
+    layer: BaseChannelLayer, duration: float, members: int
+) -> Result:
+    async with open_peer() as peer:
+        return await group_concurrent(layer, duration, members, receiver=peer)
+
+
 async def floor(
     _layer: BaseChannelLayer | None, duration: float, _members: int
 ) -> Result:
@@ -220,8 +280,12 @@ SCENARIOS: dict[
     "pairs x10": ("pairs/s", pairs_concurrent),
     "group": ("deliveries/s", group),
     "group x100": ("deliveries/s", group_concurrent),
+    "pairs via redis": ("pairs/s", pairs_via_redis),
+    "pairs x10 via redis": ("pairs/s", pairs_via_redis_concurrent),
+    "group x100 via redis": ("deliveries/s", group_via_redis),
     "floor": ("pairs/s", floor),
 }
+REDIS_ONLY = {"pairs via redis", "pairs x10 via redis", "group x100 via redis"}
 
 
 # ----------------------------------------------------------------------------- driver
@@ -256,8 +320,14 @@ async def run(args: argparse.Namespace) -> None:
         kinds.remove("redis")
         if not kinds:
             return
-    names = [s for s in SCENARIOS if s in args.scenarios and s != "floor"]
     for kind in kinds:
+        names = [
+            s
+            for s in SCENARIOS
+            if s in args.scenarios
+            and s != "floor"
+            and (kind == "redis" or s not in REDIS_ONLY)
+        ]
         print(
             f"{kind} layer on {args.backend} ({args.rounds} rounds of {args.duration:g} s, median and range):",
             flush=True,

@@ -220,11 +220,41 @@ def _script_env() -> dict[str, str]:
 
 
 @pytest.mark.slow
-async def test_conformance_battery(make_layer: MakeLayer) -> None:
-    """The shared channel-layer battery passes against the real Redis server, nothing skipped."""
-    report = await check_channel_layer(make_layer)
+@pytest.mark.parametrize("local_delivery", [True, False])
+async def test_conformance_battery(make_layer: MakeLayer, local_delivery: bool) -> None:
+    """The shared channel-layer battery passes against the real Redis server, nothing skipped.
+
+    Run twice: with ``!`` channels delivered in-process (the default) and
+    with every message going through Redis.
+    """
+    report = await check_channel_layer(
+        functools.partial(make_layer, local_delivery=local_delivery)
+    )
     assert report.skipped == ()
     assert "cancelled_receive" in report.passed
+
+
+@pytest.mark.slow
+def test_conformance_battery_on_asyncio(redis_url: str, prefix: str) -> None:
+    """The battery passes on asyncio too: the layer is written against anyio, not trio.
+
+    Every message goes through Redis (``local_delivery=False``), so the
+    readers, the batcher and coredis all run on asyncio.
+    """
+
+    def make(**options: Any) -> RedisChannelLayer:
+        return RedisChannelLayer(
+            hosts=[redis_url], prefix=prefix, local_delivery=False, **options
+        )
+
+    async def body() -> None:
+        try:
+            report = await check_channel_layer(make)
+            assert report.skipped == ()
+        finally:
+            await _delete_prefix(redis_url, prefix)
+
+    anyio.run(body, backend="asyncio")
 
 
 # --------------------------------------------------------------------------- basics
@@ -269,27 +299,46 @@ async def _send_until_full(
 
 
 async def test_local_channel_capacity_marks_channel_full(make_layer: MakeLayer) -> None:
-    """A ! channel's owner marks it full in Redis once its buffer fills; it is cleared at half."""
-    async with make_layer(channel_capacity={"specific.*": 4}) as layer:
-        channel = await layer.new_channel()
+    """Another process sends to a ! channel: its owner marks it full in Redis once its buffer fills.
+
+    Sends succeed until the flag arrives (one round trip after the buffer
+    filled); copies in that window are dropped and counted. The flag is
+    cleared when the buffer drains to half.
+    """
+    options = {"channel_capacity": {"specific.*": 4}}
+    async with make_layer(**options) as owner, make_layer(**options) as sender:
+        channel = await owner.new_channel()
         with trio.fail_after(5):
-            sent, full = await _send_until_full(layer, channel)
+            sent, full = await _send_until_full(sender, channel)
             assert (full.channel, full.capacity, sent >= 4) == (channel, 4, True)
-            got = [(await layer.receive(channel))["i"] for _ in range(3)]
-            assert got == [
-                0,
-                1,
-                2,
-            ]  # copies beyond the capacity were dropped, not reordered
+            got = [(await owner.receive(channel))["i"] for _ in range(3)]
+            assert got == [0, 1, 2]  # copies beyond the capacity were dropped
             while True:  # at half capacity the flag is cleared
                 try:
-                    await layer.send(channel, {"type": "room"})
+                    await sender.send(channel, {"type": "room"})
                     break
                 except ChannelFull:
                     await trio.sleep(0.01)
         dropped = sent - 4
-        assert layer.redis_statistics().local_overflow == dropped
-        assert layer.statistics().messages_dropped == dropped
+        assert owner.redis_statistics().local_overflow == dropped
+        assert owner.statistics().messages_dropped == dropped
+
+
+async def test_local_delivery_capacity_is_exact(make_layer: MakeLayer) -> None:
+    """A layer sending to its own ! channel delivers in-process: ChannelFull exactly at capacity."""
+    async with make_layer(channel_capacity={"specific.*": 4}) as layer:
+        channel = await layer.new_channel()
+        await layer.send_many([(channel, {"type": "fill", "i": i}) for i in range(4)])
+        with pytest.raises(ChannelFull, match=r"\(capacity 4\)$"):
+            await layer.send(channel, {"type": "over"})
+        await layer.group_add("g", channel)
+        await layer.group_send(
+            "g", {"type": "dropped"}
+        )  # a full member's copy is dropped
+        assert [(await layer.receive(channel))["i"] for _ in range(4)] == [0, 1, 2, 3]
+        await layer.group_send("g", {"type": "room"})
+        assert await layer.receive(channel) == {"type": "room"}
+        assert layer.statistics().messages_dropped == 1
 
 
 async def test_inbox_capacity_and_vanished_process(
@@ -312,9 +361,16 @@ async def test_inbox_capacity_and_vanished_process(
 
 
 @pytest.mark.slow
-async def test_expiry_of_local_and_group_messages(make_layer: MakeLayer) -> None:
-    """Messages older than expiry are never delivered, whether they wait in Redis or locally."""
-    async with make_layer(expiry=0.3) as layer:
+@pytest.mark.parametrize("local_delivery", [True, False])
+async def test_expiry_of_local_and_group_messages(
+    make_layer: MakeLayer, local_delivery: bool
+) -> None:
+    """Messages older than expiry are never delivered, whether they wait in Redis or locally.
+
+    (A stream whose key outlives its TTL vanishes whole; only expiry this
+    process observes is counted.)
+    """
+    async with make_layer(expiry=0.3, local_delivery=local_delivery) as layer:
         local = await layer.new_channel()
         await layer.send(local, {"type": "stale"})
         await layer.group_add("g", "worker")
@@ -325,7 +381,7 @@ async def test_expiry_of_local_and_group_messages(make_layer: MakeLayer) -> None
         with trio.fail_after(5):
             assert await layer.receive(local) == {"type": "fresh"}
             assert await layer.receive("worker") == {"type": "fresh"}
-        assert layer.statistics().messages_expired >= 2
+        assert layer.statistics().messages_expired >= 1
 
 
 @pytest.mark.slow
@@ -515,7 +571,7 @@ async def test_receive_cancellation_safe_under_load(make_layer: MakeLayer) -> No
     client's pool keeps all its slots (no cancelled blocking read, H1).
     """
     rng = random.Random(7)
-    async with make_layer(capacity=10_000) as layer:
+    async with make_layer(capacity=10_000, local_delivery=False) as layer:
         local = await layer.new_channel()
         write_pool = layer._shards[0].write.connection_pool  # type: ignore[union-attr]
         slots_before = len(write_pool._available_connections)
@@ -552,10 +608,18 @@ async def test_encryption_round_trip_rotation_and_tampering(
                 "type": "secret",
                 "text": "plaintext-marker",
             }
-            # Rotation: the new key encrypts, old readers cannot read it, new readers can.
-            channel = await new.new_channel()
-            await new.send(channel, {"type": "rotated"})
-            assert await new.receive(channel) == {"type": "rotated"}
+            # Rotation: "new" encrypts with its first key; "old" cannot read that,
+            # "new" reads what "old" encrypts.
+            mine, theirs = await new.new_channel(), await old.new_channel()
+            await old.send(mine, {"type": "from old"})
+            assert await new.receive(mine) == {"type": "from old"}
+            await new.send(theirs, {"type": "from new"})
+            await new.send(theirs, {"type": "undecryptable"})
+            while old.redis_statistics().rejected < 2:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            await new.send(theirs, {"type": "nothing was delivered"})
+            await old.send(theirs, {"type": "sentinel"})  # in-process: not via Redis
+            assert await old.receive(theirs) == {"type": "sentinel"}
         # Tampered and foreign-key bodies are rejected before any receiver sees them.
         await redis.xadd(f"{prefix}:{{c:enc}}", {"m": b"gAAAAAtampered"})
         await stranger.send("enc", {"type": "foreign"})
@@ -622,7 +686,7 @@ async def test_reconnect_after_client_kill_loses_nothing_accepted(
             assert len(got) == len(set(got)), "a message was delivered twice"
             assert accepted <= set(got)
             assert len(accepted) > 500
-        assert receiver.redis_statistics().reconnects >= 2
+        assert receiver.redis_statistics().reconnects >= 1
         with trio.fail_after(5):  # the last kill may still be in its reconnect backoff
             await _wait_connected(receiver)
 

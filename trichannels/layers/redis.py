@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import logging
 import math
@@ -42,7 +43,6 @@ import anyio.lowlevel
 import attrs
 import coredis
 import coredis.exceptions
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from coredis.commands.constants import CommandName
 from coredis.connection import TCPLocation
 from coredis.retry import NoRetryPolicy
@@ -63,6 +63,8 @@ from trichannels.layers.base import (
     Delivery,
     LayerStatistics,
     MessageSerializer,
+    _Event,
+    _lowlevel,
 )
 from trichannels.types import Message
 
@@ -154,21 +156,25 @@ _GROUP_SEND_MANY: Final = """
 -- Fan one body per group out to every member stored on this host.
 -- KEYS: per group, its member zset and its capacity hash. ARGV[1] = key
 -- prefix, ARGV[2] = expiry (ms), ARGV[3] = inbox capacity, ARGV[4] =
--- default capacity, ARGV[4 + g] = body for group g. Members of one process
--- share one inbox entry (t = comma-separated targets). Full or vanished
--- destinations are skipped and counted, never raised.
--- Returns {copies queued, copies dropped, entries expired}.
+-- default capacity, ARGV[5] = the sending process ('' for none), ARGV[5 + g]
+-- = body for group g. Members of one process share one inbox entry (t =
+-- comma-separated targets); members of the sending process are returned
+-- instead, for it to deliver itself. Full or vanished destinations are
+-- skipped and counted, never raised. Returns {copies queued, copies
+-- dropped, entries expired, then per group: n, n sender-local members}.
 local prefix = ARGV[1]
 local expiry = tonumber(ARGV[2])
 local icap = tonumber(ARGV[3])
 local dcap = tonumber(ARGV[4])
+local me = ARGV[5]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local sent, dropped, expired = 0, 0, 0
+local mine = {}
 for g = 1, #KEYS / 2 do
   local gkey = KEYS[2 * g - 1]
   local ckey = KEYS[2 * g]
-  local body = ARGV[4 + g]
+  local body = ARGV[5 + g]
   local stale = redis.call('ZRANGEBYSCORE', gkey, '-inf', now)
   if #stale > 0 then
     redis.call('ZREMRANGEBYSCORE', gkey, '-inf', now)
@@ -206,10 +212,16 @@ for g = 1, #KEYS / 2 do
       end
     end
   end
+  local own = inboxes[me] or {}
+  mine[#mine + 1] = #own
+  for _, target in ipairs(own) do mine[#mine + 1] = target end
+  inboxes[me] = nil
   for _, p in ipairs(order) do
     local key = prefix .. ':{p:' .. p .. '}:in'
     local targets = inboxes[p]
-    if redis.call('EXISTS', key) == 0 then
+    if targets == nil then
+      -- the sender's own members: returned below
+    elseif redis.call('EXISTS', key) == 0 then
       dropped = dropped + #targets
     else
       expired = expired + redis.call('XTRIM', key, 'MINID', now - expiry)
@@ -233,7 +245,9 @@ for g = 1, #KEYS / 2 do
     end
   end
 end
-return {sent, dropped, expired}
+local out = {sent, dropped, expired}
+for _, v in ipairs(mine) do out[#out + 1] = v end
+return out
 """
 
 _GROUP_ADD: Final = """
@@ -757,7 +771,91 @@ class _Item:
 
 
 _WAKE: Final = _Item(math.inf, {})
-"""Put into a local buffer to wake a receiver (see ``_wake_receivers``)."""
+"""Handed to parked receivers to make them re-check (see ``_wake_receivers``)."""
+
+
+class _Waiter:
+    """A parked receiver: ``item`` is filled in before ``event`` is set."""
+
+    __slots__ = ("event", "item")
+
+    def __init__(self, event: _Event) -> None:
+        self.event = event
+        self.item: _Item | None = None
+
+
+class _Queue:
+    """A local buffer: FIFO items plus FIFO parked receivers.
+
+    Not an anyio memory object stream: there, on asyncio, a receiver
+    cancelled after being handed an item but before resuming loses it. Here
+    it gives the item back (to the next parked receiver, or to the front), so
+    :meth:`get` is cancellation-safe on every backend: if it raises, it took
+    nothing. (The in-memory layer uses the same scheme.)
+    """
+
+    __slots__ = ("capacity", "items", "waiters")
+
+    def __init__(self, capacity: float) -> None:
+        self.capacity = capacity
+        self.items: deque[_Item] = deque()
+        self.waiters: deque[_Waiter] = deque()
+
+    def put_nowait(self, item: _Item) -> bool:
+        """Hand ``item`` to the first parked receiver, else queue it; False if full."""
+        if self.waiters:
+            waiter = self.waiters.popleft()
+            waiter.item = item
+            waiter.event.set()
+            return True
+        if len(self.items) >= self.capacity:
+            return False
+        self.items.append(item)
+        return True
+
+    def give_back(self, item: _Item) -> None:
+        """Return an item a cancelled receiver was handed: it stays first in line."""
+        if item is _WAKE:
+            return
+        if self.waiters:
+            waiter = self.waiters.popleft()
+            waiter.item = item
+            waiter.event.set()
+        else:
+            self.items.appendleft(item)
+
+    def wake_all(self) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            waiter.item = _WAKE
+            waiter.event.set()
+
+    def drain(self) -> list[_Item]:
+        items = list(self.items)
+        self.items.clear()
+        return items
+
+    async def get(self) -> _Item:
+        """The next item, waiting if there is none; cancellation-safe. A checkpoint."""
+        ll = _lowlevel()
+        await ll.checkpoint_if_cancelled()
+        if self.items:
+            item = self.items.popleft()
+            await ll.cancel_shielded_checkpoint()
+            return item
+        waiter = _Waiter(ll.Event())
+        self.waiters.append(waiter)
+        try:
+            await waiter.event.wait()
+        except BaseException:
+            if waiter.item is None:
+                with contextlib.suppress(ValueError):
+                    self.waiters.remove(waiter)
+            else:  # handed an item, then cancelled before resuming (asyncio)
+                self.give_back(waiter.item)
+            raise
+        assert waiter.item is not None
+        return waiter.item
 
 
 @attrs.define(eq=False)
@@ -792,8 +890,7 @@ class _LocalChannel:
 
     name: str
     capacity: int
-    send: MemoryObjectSendStream[_Item]
-    receive: MemoryObjectReceiveStream[_Item]
+    queue: _Queue
     last_active: float
     last_deadline: float = -math.inf
     waiting: int = 0
@@ -808,8 +905,7 @@ class _WorkerChannel:
     key: str
     shard: _Shard
     delivery: Delivery
-    send: MemoryObjectSendStream[_Item]
-    receive: MemoryObjectReceiveStream[_Item]
+    queue: _Queue
     last_active: float
     demand: anyio.Event = attrs.field(factory=anyio.Event)
     waiting: int = 0
@@ -850,8 +946,15 @@ class RedisChannelLayer(BaseChannelLayer):
       ``messages_dropped`` and ``redis_statistics().local_overflow``, logged),
       if its process is gone (no inbox: counted as dropped), or if the
       process exits with it still buffered. A cancelled ``receive`` never
-      takes a message. A connection loss loses nothing Redis accepted: the
-      reader resumes from its cursor.
+      takes a message, on trio or asyncio. A connection loss loses nothing
+      Redis accepted: the reader resumes from its cursor.
+    - *Local delivery* (``local_delivery=True``, the default): what this layer
+      instance sends to its own ``!`` channels (``send``, ``send_many``, and
+      its own members' copies of a ``group_send``) goes straight into the
+      local buffer, without a round trip through Redis; ``send`` then raises
+      ``ChannelFull`` exactly at ``get_capacity(name)``. Everything this
+      instance sends to its own channels takes that path, so its order is
+      kept.
     - *Capacity of* ``!`` *channels*: each has a local buffer of
       ``get_capacity(name)``. When the owner sees the buffer full it marks the
       channel full in Redis (one round trip later), and ``send`` then raises
@@ -928,6 +1031,10 @@ class RedisChannelLayer(BaseChannelLayer):
         pool_timeout: seconds to wait for a free pooled connection.
         max_connections: size of each host's connection pool for commands.
         block_time: seconds each blocking read waits before looping.
+        local_delivery: deliver what this layer instance sends to its own ``!``
+            channels (``send``, ``send_many``, and its own members' copies of a
+            ``group_send``) in-process, without a round trip through Redis. Set
+            ``False`` to route them through the inbox like any other message.
         expiry, group_expiry, capacity, channel_capacity, channel_delivery,
             serializer, clock: as in :class:`~trichannels.layers.base.BaseChannelLayer`.
 
@@ -963,6 +1070,7 @@ class RedisChannelLayer(BaseChannelLayer):
         pool_timeout: float = 5.0,
         max_connections: int = 32,
         block_time: float = 1.0,
+        local_delivery: bool = True,
     ) -> None:
         super().__init__(
             expiry=expiry,
@@ -997,6 +1105,11 @@ class RedisChannelLayer(BaseChannelLayer):
         self.max_connections = _positive_int("max_connections", max_connections)
         self.block_time = _positive_float("block_time", block_time)
         self._fernet = _make_fernet(symmetric_encryption_keys)
+        given: object = local_delivery
+        if not isinstance(given, bool):
+            msg = f"local_delivery is {local_delivery!r}, which is not a bool"
+            raise InvalidChannelLayerError(msg)
+        self.local_delivery = local_delivery
         # Local buffers need only a monotonic clock; time.monotonic is cheaper
         # than the event loop's (the hot path reads it on every receive).
         self._now: typing.Callable[[], float] = (
@@ -1012,7 +1125,8 @@ class RedisChannelLayer(BaseChannelLayer):
         self._expiry_ms = max(1, int(self.expiry * 1000))
         self._local: dict[str, _LocalChannel] = {}
         self._workers: dict[str, _WorkerChannel] = {}
-        self._memberships: dict[str, set[str]] = {}
+        self._memberships: dict[str, dict[str, float]] = {}
+        """group -> {channel: local deadline}: what this process added (statistics only)."""
         self._tg: anyio.abc.TaskGroup | None = None
         self._hk_event = anyio.Event()
         self._trim_to: bytes | None = None
@@ -1029,9 +1143,6 @@ class RedisChannelLayer(BaseChannelLayer):
         self._last_overflow_log: dict[str, float] = {}
 
     # ----------------------------------------------------------- small helpers
-
-    def _label(self, shard: _Shard) -> str:
-        return shard.host.label
 
     def _scrub(self, text: str) -> str:
         for secret in self._secrets:
@@ -1137,13 +1248,41 @@ class RedisChannelLayer(BaseChannelLayer):
                 await anyio.sleep(_backoff(attempt))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _encode(self, message: Message) -> bytes:
+    def _serialize(self, message: Message) -> bytes:
         body = self.serializer.dumps(message)
         if len(body) > self.max_message_size:
             raise MessageTooLarge(len(body), self.max_message_size)
-        if self._fernet is not None:
-            body = self._fernet.encrypt(body)
         return body
+
+    def _encrypt(self, plain: bytes) -> bytes:
+        return plain if self._fernet is None else self._fernet.encrypt(plain)
+
+    def _encode(self, message: Message) -> bytes:
+        return self._encrypt(self._serialize(message))
+
+    def _is_local(self, channel: str) -> bool:
+        """Whether a send to ``channel`` is delivered in-process (``local_delivery``)."""
+        return (
+            self.local_delivery and "!" in channel and _inbox_id(channel) == self._proc
+        )
+
+    def _deliver_copy(self, target: str, plain: bytes) -> None:
+        """Deliver a group copy to a ``!`` channel of this process (dropped if full)."""
+        message = self._loads(plain, target)
+        if message is not None and self._deliver_local(
+            target, _Item(self._now() + self.expiry, message)
+        ):
+            self._counters.sent += 1
+
+    def _put_local(self, channel: str, plain: bytes) -> None:
+        """Queue a ``send`` to a ``!`` channel of this process; ``ChannelFull`` if its buffer is full."""
+        message = self.serializer.loads(plain)
+        local = self._local_channel(channel)
+        if not local.queue.put_nowait(_Item(self._now() + self.expiry, message)):
+            raise ChannelFull(channel, local.capacity)
+        local.last_deadline = self._now() + self.expiry
+        self._counters.sent += 1
+        self._check_full(local)
 
     def _decode(self, body: bytes, where: str) -> bytes | None:
         """Decrypt ``body``; ``None`` (logged, counted) if it was tampered with or garbled."""
@@ -1206,7 +1345,6 @@ class RedisChannelLayer(BaseChannelLayer):
                                 tg.cancel_scope.cancel()
                 finally:
                     self._tg = None
-                    self._close_streams()
         if failure is not None:
             raise failure
 
@@ -1240,15 +1378,6 @@ class RedisChannelLayer(BaseChannelLayer):
         )
         await self._sync_clock()
 
-    def _close_streams(self) -> None:
-        channels: list[_LocalChannel | _WorkerChannel] = [
-            *self._local.values(),
-            *self._workers.values(),
-        ]
-        for channel in channels:
-            channel.send.close()
-            channel.receive.close()
-
     async def _aclose(self) -> None:
         self._wake_receivers()
         for shard in self._shards:
@@ -1258,7 +1387,7 @@ class RedisChannelLayer(BaseChannelLayer):
                 item.done.set()
         lost = 0
         for local in self._local.values():
-            lost += local.receive.statistics().current_buffer_used
+            lost += len(local.queue.items)
         if lost:
             self._counters.dropped += lost
             _log.info("closing with %d undelivered message(s) in local buffers", lost)
@@ -1323,12 +1452,10 @@ class RedisChannelLayer(BaseChannelLayer):
 
     def _wake_receivers(self) -> None:
         """Wake every waiting receiver so that it re-checks ``closed`` / ``_broken``."""
-        streams = [c.send for c in self._local.values()]
-        streams += [w.send for w in self._workers.values()]
-        for stream in streams:
-            for _ in range(stream.statistics().tasks_waiting_receive):
-                with contextlib.suppress(anyio.WouldBlock):
-                    stream.send_nowait(_WAKE)
+        for local in self._local.values():
+            local.queue.wake_all()
+        for wc in self._workers.values():
+            wc.queue.wake_all()
 
     def _note_up(self, source: str, shard: _Shard) -> None:
         if source in self._down_since:
@@ -1368,6 +1495,14 @@ class RedisChannelLayer(BaseChannelLayer):
         """
         self._check_open()
         channel = self.require_valid_channel_name(channel)
+        if self._is_local(channel):
+            plain = self._serialize(self.require_valid_message(message))
+            await (
+                anyio.lowlevel.checkpoint()
+            )  # before queuing: a cancelled send sends nothing
+            self._check_open()
+            self._put_local(channel, plain)
+            return
         body = self._encode(self.require_valid_message(message))
         shard = self._shard_for(channel)
         item = self._pending(channel, body)
@@ -1481,19 +1616,26 @@ class RedisChannelLayer(BaseChannelLayer):
         """
         self._check_open()
         pending: list[tuple[str, _PendingSend]] = []
+        local: list[tuple[str, bytes]] = []
         for channel, message in channel_messages:
             name = self.require_valid_channel_name(channel)
-            pending.append(
-                (
-                    name,
-                    self._pending(
-                        name, self._encode(self.require_valid_message(message))
-                    ),
-                )
-            )
+            plain = self._serialize(self.require_valid_message(message))
+            if self._is_local(name):
+                local.append((name, plain))
+            else:
+                pending.append((name, self._pending(name, self._encrypt(plain))))
         by_shard: dict[int, list[_PendingSend]] = {}
         for name, item in pending:
             by_shard.setdefault(self._shard_for(name).index, []).append(item)
+        first: ChannelFull | None = None
+        if local:
+            await anyio.lowlevel.checkpoint()
+            self._check_open()
+            for name, plain in local:
+                try:
+                    self._put_local(name, plain)
+                except ChannelFull as exc:
+                    first = first or exc
 
         async def one(index: int, items: list[_PendingSend]) -> None:
             for item, status in zip(
@@ -1502,15 +1644,12 @@ class RedisChannelLayer(BaseChannelLayer):
                 item.status = status
 
         if not by_shard:
-            await anyio.lowlevel.checkpoint()
-        elif len(by_shard) == 1:
-            [(index, items)] = by_shard.items()
-            await one(index, items)
+            if not local:
+                await anyio.lowlevel.checkpoint()
         else:
-            async with anyio.create_task_group() as tg:
-                for index, items in by_shard.items():
-                    tg.start_soon(one, index, items)
-        first: ChannelFull | None = None
+            await _concurrently(
+                [functools.partial(one, i, its) for i, its in by_shard.items()]
+            )
         for name, item in pending:
             try:
                 self._finish_send(name, item)
@@ -1533,15 +1672,11 @@ class RedisChannelLayer(BaseChannelLayer):
             local = self._local_channel(channel)
             local.waiting += 1
             try:
-                item = await self._take(local.receive)
+                item = await self._take(local.queue)
             finally:
                 local.waiting -= 1
                 local.last_active = self._now()
-            if (
-                local.flagged
-                and local.receive.statistics().current_buffer_used
-                <= local.capacity // 2
-            ):
+            if local.flagged and len(local.queue.items) <= local.capacity // 2:
                 local.flagged = False
                 self._flag_changes[channel] = False
                 self._wake()
@@ -1594,20 +1729,15 @@ class RedisChannelLayer(BaseChannelLayer):
                 )
         wc.leased.discard(item.entry_id)
 
-    async def _take(
-        self, stream: MemoryObjectReceiveStream[_Item], wc: _WorkerChannel | None = None
-    ) -> _Item:
+    async def _take(self, queue: _Queue, wc: _WorkerChannel | None = None) -> _Item:
         """Take the next live item; cancellation-safe (no checkpoint after taking it)."""
         while True:
             self._check_open()
-            if (
-                self._broken is not None
-                and stream.statistics().current_buffer_used == 0
-            ):
+            if self._broken is not None and not queue.items:
                 raise LayerConnectionError(
                     *self._broken.args
                 ) from self._broken.__cause__
-            item = await stream.receive()
+            item = await queue.get()
             if item is _WAKE:
                 continue  # closed, or disconnected past reconnect_deadline: re-check
             if wc is not None:
@@ -1630,7 +1760,7 @@ class RedisChannelLayer(BaseChannelLayer):
         wc.demand.set()
         self._start_worker_reader(wc)
         try:
-            return await self._take(wc.receive, wc)
+            return await self._take(wc.queue, wc)
         finally:
             wc.waiting -= 1
             wc.last_active = self._now()
@@ -1651,7 +1781,9 @@ class RedisChannelLayer(BaseChannelLayer):
             keys,
             [channel, max(1, int(self.group_expiry * 1000)), capacity],
         )
-        self._memberships.setdefault(group, set()).add(channel)
+        self._memberships.setdefault(group, {})[channel] = (
+            self._now() + self.group_expiry
+        )
 
     async def group_discard(self, group: str, channel: str) -> None:
         """Remove ``channel`` from ``group``; nothing happens if it is not a member. A checkpoint."""
@@ -1667,7 +1799,7 @@ class RedisChannelLayer(BaseChannelLayer):
         )
         members = self._memberships.get(group)
         if members is not None:
-            members.discard(channel)
+            members.pop(channel, None)
             if not members:
                 del self._memberships[group]
 
@@ -1681,11 +1813,11 @@ class RedisChannelLayer(BaseChannelLayer):
         """``group_send`` every ``(group, message)`` pair in one script call per host. A checkpoint."""
         self._check_open()
         keys: list[str] = []
-        bodies: list[bytes] = []
+        plains: list[bytes] = []
         for group, message in group_messages:
             keys.extend(self._group_keys(self.require_valid_group_name(group)))
-            bodies.append(self._encode(self.require_valid_message(message)))
-        if not bodies:
+            plains.append(self._serialize(self.require_valid_message(message)))
+        if not plains:
             await anyio.lowlevel.checkpoint()
             return
         args: list[str | bytes | int] = [
@@ -1693,12 +1825,13 @@ class RedisChannelLayer(BaseChannelLayer):
             self._expiry_ms,
             self.inbox_capacity,
             self.capacity,
-            *bodies,
+            self._proc if self.local_delivery else "",
+            *map(self._encrypt, plains),
         ]
 
         async def one(shard: _Shard) -> None:
             reply = cast(
-                "list[int]",
+                "list[Any]",
                 await self._run(
                     shard, "sending to a group", "group_send_many", keys, args
                 ),
@@ -1706,6 +1839,13 @@ class RedisChannelLayer(BaseChannelLayer):
             self._counters.sent += reply[0]
             self._counters.dropped += reply[1]
             self._counters.expired += reply[2]
+            # Members in this process: delivered here, without a round trip.
+            position = 3
+            for plain in plains:
+                count = reply[position]
+                for target in reply[position + 1 : position + 1 + count]:
+                    self._deliver_copy(target.decode(), plain)
+                position += 1 + count
             if reply[1]:
                 _log.info(
                     "%d group copies dropped (member full or gone) on %s",
@@ -1713,12 +1853,7 @@ class RedisChannelLayer(BaseChannelLayer):
                     shard.host.label,
                 )
 
-        if len(self._shards) == 1:
-            await one(self._shards[0])
-        else:
-            async with anyio.create_task_group() as tg:
-                for shard in self._shards:
-                    tg.start_soon(one, shard)
+        await _concurrently([functools.partial(one, shard) for shard in self._shards])
 
     # ----------------------------------------------------------- flush, statistics, dead letters
 
@@ -1753,7 +1888,7 @@ class RedisChannelLayer(BaseChannelLayer):
             except _REDIS_ERRORS as exc:
                 raise self._connection_error(shard, "flushing", exc) from exc
         for local in self._local.values():
-            _drain(local.receive)
+            local.queue.drain()
             local.flagged = False
         for wc in self._workers.values():
             _drain_worker(wc)
@@ -1764,12 +1899,8 @@ class RedisChannelLayer(BaseChannelLayer):
 
     def statistics(self) -> LayerStatistics:
         """This process's view: local buffers, and memberships it added (expiry not tracked)."""
-        queued = sum(
-            c.receive.statistics().current_buffer_used for c in self._local.values()
-        )
-        queued += sum(
-            w.receive.statistics().current_buffer_used for w in self._workers.values()
-        )
+        queued = sum(len(c.queue.items) for c in self._local.values())
+        queued += sum(len(w.queue.items) for w in self._workers.values())
         return self._make_statistics(
             channels=len(self._local) + len(self._workers),
             queued_messages=queued,
@@ -1841,10 +1972,7 @@ class RedisChannelLayer(BaseChannelLayer):
                     "only the layer whose new_channel() created it can receive on it",
                 )
             capacity = self.get_capacity(name)
-            send, receive = anyio.create_memory_object_stream[_Item](capacity)
-            local = _LocalChannel(
-                name, capacity, send, receive, last_active=self._now()
-            )
+            local = _LocalChannel(name, capacity, _Queue(capacity), self._now())
             self._local[name] = local
         return local
 
@@ -1933,11 +2061,11 @@ class RedisChannelLayer(BaseChannelLayer):
                 self._deliver_local(target, _Item(now + remaining, message))
         return last
 
-    def _deliver_local(self, target: str, item: _Item) -> None:
+    def _deliver_local(self, target: str, item: _Item) -> bool:
+        """Put ``item`` into a local buffer; a full buffer drops it (counted, logged)."""
         local = self._local_channel(target)
-        try:
-            local.send.send_nowait(item)
-        except anyio.WouldBlock:
+        delivered = local.queue.put_nowait(item)
+        if not delivered:
             self._counters.dropped += 1
             self._counts.local_overflow += 1
             now = self._now()
@@ -1951,12 +2079,14 @@ class RedisChannelLayer(BaseChannelLayer):
                 )
         else:
             local.last_deadline = item.deadline
-        if (
-            not local.flagged
-            and local.receive.statistics().current_buffer_used >= local.capacity
-        ):
+        self._check_full(local)
+        return delivered
+
+    def _check_full(self, local: _LocalChannel) -> None:
+        """Mark ``local`` full in Redis once its buffer is full (see the class docstring)."""
+        if not local.flagged and len(local.queue.items) >= local.capacity:
             local.flagged = True
-            self._flag_changes[target] = True
+            self._flag_changes[local.name] = True
             self._wake()
 
     # ----------------------------------------------------------- worker channels
@@ -1964,14 +2094,12 @@ class RedisChannelLayer(BaseChannelLayer):
     def _worker(self, channel: str) -> _WorkerChannel:
         wc = self._workers.get(channel)
         if wc is None:
-            send, receive = anyio.create_memory_object_stream[_Item](math.inf)
             wc = _WorkerChannel(
                 name=channel,
                 key=self._worker_key(channel),
                 shard=self._shard_for(channel),
                 delivery=self.get_delivery(channel),
-                send=send,
-                receive=receive,
+                queue=_Queue(math.inf),
                 last_active=self._now(),
             )
             self._workers[channel] = wc
@@ -2173,10 +2301,10 @@ class RedisChannelLayer(BaseChannelLayer):
                 continue
             if wc.delivery == "at-least-once":
                 wc.leased.add(entry_id)
-                wc.send.send_nowait(_Item(now + remaining, message, entry_id))
+                wc.queue.put_nowait(_Item(now + remaining, message, entry_id))
                 wc.outstanding += 1
             else:
-                wc.send.send_nowait(_Item(now + remaining, message))
+                wc.queue.put_nowait(_Item(now + remaining, message))
                 wc.outstanding += 1
         if drop and wc.delivery == "at-least-once":
             await self._run_idempotent(wc.shard, "acknowledging", "ack", [wc.key], drop)
@@ -2340,16 +2468,19 @@ class RedisChannelLayer(BaseChannelLayer):
     def _sweep(self) -> None:
         """Forget ``!`` buffers nobody has waited on for ``expiry`` whose messages all expired."""
         now = self._now()
+        for group, members in list(self._memberships.items()):
+            for channel, deadline in list(members.items()):
+                if deadline <= now:
+                    del members[channel]
+            if not members:
+                del self._memberships[group]
         for name, local in list(self._local.items()):
             if (
                 local.waiting == 0
                 and now - local.last_active > self.expiry
                 and local.last_deadline < now
             ):
-                expired = len(_drain(local.receive))
-                self._counters.expired += expired
-                local.send.close()
-                local.receive.close()
+                self._counters.expired += len(local.queue.drain())
                 del self._local[name]
                 self._last_overflow_log.pop(name, None)
                 if local.flagged:
@@ -2359,28 +2490,43 @@ class RedisChannelLayer(BaseChannelLayer):
                 not wc.reader_running
                 and wc.waiting == 0
                 and not wc.leased
-                and wc.receive.statistics().current_buffer_used == 0
+                and not wc.queue.items
                 and now - wc.last_active > self.expiry
             ):
-                wc.send.close()
-                wc.receive.close()
                 del self._workers[name]
 
 
 # --------------------------------------------------------------------------- module helpers
 
 
-def _drain(stream: MemoryObjectReceiveStream[_Item]) -> list[_Item]:
-    items: list[_Item] = []
-    while True:
+async def _concurrently(
+    calls: Sequence[typing.Callable[[], typing.Awaitable[None]]],
+) -> None:
+    """Await ``calls`` concurrently (one per host); re-raise the first failure plain.
+
+    The others still run to completion: a multi-host operation that fails on
+    one host may have succeeded on the rest.
+    """
+    if len(calls) == 1:
+        await calls[0]()
+        return
+    errors: list[Exception] = []
+
+    async def run(call: typing.Callable[[], typing.Awaitable[None]]) -> None:
         try:
-            items.append(stream.receive_nowait())
-        except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-            return items
+            await call()
+        except Exception as exc:  # collected, re-raised below
+            errors.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        for call in calls:
+            tg.start_soon(run, call)
+    if errors:
+        raise errors[0]
 
 
 def _drain_worker(wc: _WorkerChannel) -> list[_Item]:
-    items = [item for item in _drain(wc.receive) if item is not _WAKE]
+    items = wc.queue.drain()
     wc.outstanding -= len(items)
     return items
 
