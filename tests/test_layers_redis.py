@@ -1043,6 +1043,72 @@ async def test_hazard_killed_blocking_read_leaks_pool_slot(
             await client.ping()
 
 
+_SLOW_XADD = """
+local t0 = redis.call('TIME')
+local start = tonumber(t0[1]) * 1000000 + tonumber(t0[2])
+while true do
+  local t = redis.call('TIME')
+  if tonumber(t[1]) * 1000000 + tonumber(t[2]) - start > 30000 then break end
+end
+return redis.call('XADD', KEYS[1], '*', 'n', '1')
+"""
+
+
+async def _write_while_read_is_cancelled(client: coredis.Redis[bytes], key: str) -> str:
+    """One slow XADD (30 ms in Lua) while a blocking read on the same client is cancelled."""
+    outcome = "ok"
+
+    async def writer() -> None:
+        nonlocal outcome
+        try:
+            await client.eval(_SLOW_XADD, [key], [])
+        except coredis.exceptions.ConnectionError:
+            outcome = "ConnectionError"
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer)
+        await trio.sleep(
+            0.005
+        )  # the XADD is in flight; its connection went back to the pool
+        with trio.move_on_after(
+            0.01
+        ):  # the read takes that connection, and is cancelled
+            await client.xread({f"{key}:none": "$"}, block=1000)
+    return outcome
+
+
+@pytest.mark.coredis_hazard
+@COREDIS_LEAKS
+async def test_hazard_retry_policy_duplicates_a_write(
+    redis_url: str, prefix: str, redis: coredis.Redis[bytes], collect_leaks: None
+) -> None:
+    """H2: a cancelled blocking read tears down the connection an in-flight write shares;
+    coredis's default retry policy sends the write again: one XADD, two entries.
+
+    Why the layer's clients have no retry policy (the write then fails with
+    ConnectionError: applied or not, the caller is told) and blocking reads
+    have clients of their own.
+    """
+    results: dict[bool, list[tuple[str, int]]] = {True: [], False: []}
+    for retrying in (True, False):
+        options: dict[str, Any] = {} if retrying else {"retry_policy": NoRetryPolicy()}
+        for attempt in range(6):  # the race is timing-dependent: usually hit at once
+            key = f"{prefix}:h2:{retrying}:{attempt}"
+            client = coredis.Redis.from_url(
+                redis_url, max_connections=2, pool_timeout=2, **options
+            )
+            async with client:
+                with trio.fail_after(5):
+                    outcome = await _write_while_read_is_cancelled(client, key)
+                    await trio.sleep(0.1)  # let a retried write finish
+            results[retrying].append((outcome, await redis.xlen(key)))
+            if results[retrying][-1] in {("ok", 2), ("ConnectionError", 1)}:
+                break
+    assert ("ok", 2) in results[True], results  # reported success, written twice
+    assert all(n <= 1 for _, n in results[False]), results  # never written twice
+    assert ("ConnectionError", 1) in results[False], results  # the caller hears of it
+
+
 @pytest.mark.coredis_hazard
 async def test_hazard_time_misscales_microseconds(redis: coredis.Redis[bytes]) -> None:
     """H3: Redis.time() turns the microseconds into thousandths of that; the layer uses Lua TIME."""
