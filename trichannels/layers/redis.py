@@ -1391,6 +1391,7 @@ class RedisChannelLayer(BaseChannelLayer):
         if lost:
             self._counters.dropped += lost
             _log.info("closing with %d undelivered message(s) in local buffers", lost)
+        await anyio.lowlevel.cancel_shielded_checkpoint()
         if self._tg is not None:
             with anyio.move_on_after(2.0, shield=True):
                 await self._release_workers()
@@ -1408,6 +1409,7 @@ class RedisChannelLayer(BaseChannelLayer):
 
     async def _release_workers(self) -> None:
         """Hand buffered worker-channel entries back to Redis when closing."""
+        await anyio.lowlevel.cancel_shielded_checkpoint()
         for wc in list(self._workers.values()):
             items = _drain_worker(wc)
             if wc.delivery == "at-most-once" and items:
@@ -1628,9 +1630,11 @@ class RedisChannelLayer(BaseChannelLayer):
         for name, item in pending:
             by_shard.setdefault(self._shard_for(name).index, []).append(item)
         first: ChannelFull | None = None
+        await (
+            anyio.lowlevel.checkpoint()
+        )  # before queuing: a cancelled call sends nothing
+        self._check_open()
         if local:
-            await anyio.lowlevel.checkpoint()
-            self._check_open()
             for name, plain in local:
                 try:
                     self._put_local(name, plain)
@@ -1643,10 +1647,7 @@ class RedisChannelLayer(BaseChannelLayer):
             ):
                 item.status = status
 
-        if not by_shard:
-            if not local:
-                await anyio.lowlevel.checkpoint()
-        else:
+        if by_shard:
             await _concurrently(
                 [functools.partial(one, i, its) for i, its in by_shard.items()]
             )
@@ -1728,6 +1729,7 @@ class RedisChannelLayer(BaseChannelLayer):
                     exc,
                 )
         wc.leased.discard(item.entry_id)
+        await anyio.lowlevel.cancel_shielded_checkpoint()
 
     async def _take(self, queue: _Queue, wc: _WorkerChannel | None = None) -> _Item:
         """Take the next live item; cancellation-safe (no checkpoint after taking it)."""
@@ -1976,7 +1978,7 @@ class RedisChannelLayer(BaseChannelLayer):
             self._local[name] = local
         return local
 
-    async def _inbox_reader(
+    async def _inbox_reader(  # noqa: ASYNC114 - started in _lifespan, not user-facing
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """The one blocking reader of this process's inbox: fans entries out to local buffers.
@@ -2112,6 +2114,7 @@ class RedisChannelLayer(BaseChannelLayer):
 
     async def _worker_reader(self, wc: _WorkerChannel) -> None:
         """The blocking reader of one normal channel; fetches only what waiting receivers need."""
+        await anyio.lowlevel.checkpoint()
         source = f"channel {wc.name}"
         failures = 0
         try:
@@ -2157,6 +2160,7 @@ class RedisChannelLayer(BaseChannelLayer):
 
     async def _worker_loop(self, wc: _WorkerChannel, client: _Client) -> bool:
         """Serve ``wc`` until it has been idle for ``visibility_timeout`` (returns False)."""
+        await anyio.lowlevel.checkpoint()
         block_ms = max(1, int(min(self.block_time, self.visibility_timeout / 2) * 1000))
         while True:
             if self._closed:
@@ -2280,6 +2284,7 @@ class RedisChannelLayer(BaseChannelLayer):
 
         Entries read before a ``flush()`` that completed meanwhile are dropped.
         """
+        await anyio.lowlevel.checkpoint()
         if not entries or epoch != self._flush_epoch:
             return
         if wc.delivery == "at-most-once":
@@ -2329,6 +2334,7 @@ class RedisChannelLayer(BaseChannelLayer):
 
     async def _requeue(self, wc: _WorkerChannel, items: Sequence[_Item]) -> None:
         """Append stranded at-most-once messages to their stream again (order is lost)."""
+        await anyio.lowlevel.checkpoint()
         batch = [
             _PendingSend(
                 key=wc.key,
@@ -2397,6 +2403,7 @@ class RedisChannelLayer(BaseChannelLayer):
                 _log.debug("housekeeping failed (will retry): %s", exc)
 
     async def _flush_trim(self) -> None:
+        await anyio.lowlevel.checkpoint()
         if self._trim_to is None:
             return
         trim_to, self._trim_to = self._trim_to, None
@@ -2414,6 +2421,7 @@ class RedisChannelLayer(BaseChannelLayer):
             raise self._connection_error(shard, "trimming the inbox", exc) from exc
 
     async def _flush_flags(self) -> None:
+        await anyio.lowlevel.checkpoint()
         if not self._flag_changes:
             return
         changes, self._flag_changes = self._flag_changes, {}
@@ -2433,6 +2441,7 @@ class RedisChannelLayer(BaseChannelLayer):
             raise
 
     async def _flush_acks(self) -> None:
+        await anyio.lowlevel.checkpoint()
         while self._pending_acks:
             channel, ids = self._pending_acks.popitem()
             wc = self._workers.get(channel)
@@ -2446,6 +2455,7 @@ class RedisChannelLayer(BaseChannelLayer):
             wc.leased.difference_update(ids)
 
     async def _renew_leases(self) -> None:
+        await anyio.lowlevel.checkpoint()
         for wc in list(self._workers.values()):
             if not wc.leased:
                 continue
@@ -2517,6 +2527,7 @@ async def _concurrently(
             await call()
         except Exception as exc:  # collected, re-raised below
             errors.append(exc)
+            await anyio.lowlevel.cancel_shielded_checkpoint()
 
     async with anyio.create_task_group() as tg:
         for call in calls:
