@@ -1035,8 +1035,14 @@ class RedisChannelLayer(BaseChannelLayer):
             channels (``send``, ``send_many``, and its own members' copies of a
             ``group_send``) in-process, without a round trip through Redis. Set
             ``False`` to route them through the inbox like any other message.
-        expiry, group_expiry, capacity, channel_capacity, channel_delivery,
-            serializer, clock: as in :class:`~trichannels.layers.base.BaseChannelLayer`.
+        expiry: as in :class:`~trichannels.layers.base.BaseChannelLayer`.
+        group_expiry: as in ``BaseChannelLayer``.
+        capacity: as in ``BaseChannelLayer``.
+        channel_capacity: as in ``BaseChannelLayer``.
+        channel_delivery: as in ``BaseChannelLayer``; ``"at-least-once"`` is supported.
+        serializer: as in ``BaseChannelLayer``.
+        clock: times only the process-local buffers (Redis-side expiry follows
+            the server's clock); defaults to :func:`time.monotonic`.
 
     Raises:
         InvalidChannelLayerError: if an option is invalid.
