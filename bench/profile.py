@@ -33,7 +33,7 @@ from loadgen import run_wrk, run_ws  # noqa: E402
 from servers import CHANNELS_VENV, RESULTS, TARGETS, Server  # noqa: E402
 
 PROFILES = RESULTS / "profiles"
-REDIS_URL = "redis://127.0.0.1:6379/9"
+REDIS_URL = "redis://127.0.0.1:6379/10"
 
 PARTS = [
     ("/trichannels/", None),  # refined below by module
@@ -123,13 +123,15 @@ def summarize(path: Path, title: str, top: int = 25) -> str:
         if not frames:
             continue
         func, file = frames[-1]
-        for f, fl in reversed(frames):
+        for i in range(len(frames) - 1, -1, -1):
+            f, fl = frames[i]
             p = part_of(fl)
             if not p.startswith(GENERIC) and not fl.startswith(("hypercorn/__main__", "hypercorn/run.py",
                                                                   "hypercorn/trio/run.py")) and fl != "hypercorn":
                 owner[p] += count
                 if p.startswith("trichannels") or p == "benchmark app":
-                    owner_fn[f"{p}.{f} -> {func}"] += count
+                    callee = frames[i + 1][0] if i + 1 < len(frames) else "(own code)"
+                    owner_fn[f"{p}.{f} -> {callee}"] += count
                     owner_total[f"{p}.{f}"] += count
                 break
         else:
@@ -165,9 +167,9 @@ def summarize(path: Path, title: str, top: int = 25) -> str:
             if c / total >= 0.004:
                 out.append(f"| `{f}` | {100 * c / total:.1f} |")
     if owner_fn:
-        out += ["", "**trichannels-owned time by (innermost trichannels function -> innermost function):**\n",
+        out += ["", "**trichannels-owned time by (innermost trichannels function -> the library call it made):**\n",
                 "| where | % |", "|---|---|"]
-        for f, c in owner_fn.most_common(20):
+        for f, c in owner_fn.most_common(25):
             if c / total >= 0.004:
                 out.append(f"| `{f}` | {100 * c / total:.1f} |")
     out += ["", f"**Top {top} functions by self time:**\n", "| function | self % |", "|---|---|"]

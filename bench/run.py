@@ -58,7 +58,7 @@ from servers import (  # noqa: E402
 )
 
 ALL_SCENARIOS = ["S1", "S2", "S3", "S4", "S5", "S6"]
-REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/9")
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/10")
 
 
 @dataclass
@@ -332,7 +332,7 @@ def s4(ctx: Ctx) -> None:
         rss1 = marks["rss1"]
         per = (rss1 - rss0) / p.s4_clients
         ctx.record(kind="result", scenario="S4", target=v.target, layer=v.layer, round=r, clients=p.s4_clients,
-                   rss_before=rss0, rss_open=rss1, bytes_per_conn=per, **{k: res[k] for k in ("clients",) if k in res})
+                   rss_before=rss0, rss_open=rss1, bytes_per_conn=per, opened=res.get("clients"))
         ctx.log(f"  [S4 r{r}] {v.key:18s} {per / 1024:6.1f} KB/conn  (RSS {rss0 / 2**20:.1f} -> {rss1 / 2**20:.1f} MiB)")
 
     interleave(ctx, "S4", ws_variants(ctx, ["memory"]), ctx.args.rounds, body, fresh_per_round=True)

@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/9")
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/10")
 PREFIX = "benchs3"
 
 

@@ -70,6 +70,6 @@ step "tools"
 for t in taskset redis-cli; do
   command -v "$t" >/dev/null && echo "$t: ok" || echo "$t: MISSING (needed: util-linux / redis-tools)"
 done
-redis-cli -u "${BENCH_REDIS_URL:-redis://127.0.0.1:6379/9}" ping || echo "Redis is not answering: S2/S3 Redis variants will be skipped or fail"
+redis-cli -u "${BENCH_REDIS_URL:-redis://127.0.0.1:6379/10}" ping || echo "Redis is not answering: S2/S3 Redis variants will be skipped or fail"
 echo
 echo "ready: python bench/run.py --quick   (or: python bench/run.py)"
