@@ -204,9 +204,11 @@ async function runBroadcast() {
   measuring = false; const w = clock();
   emit({ event: 'measure_end' });
   stopped = true; if (timer) clearTimeout(timer);
-  await sleep(1000); // let the window's last messages land (for the loss count)
-  await closeAll(sockets);
+  // Let the window's last messages land before counting losses: wait until every
+  // expected delivery arrived, or 3 s (what is still missing then is reported as lost).
   const expected = sentInWindow * CLIENTS;
+  for (let waited = 0; waited < 3000 && deliveredOfWindow < expected; waited += 50) await sleep(50);
+  await closeAll(sockets);
   emit({ event: 'result', mode: 'broadcast', clients: CLIENTS, senders: closedLoop ? SENDERS : null,
          offered_rate: closedLoop ? null : RATE, deliveries, rate: deliveries / w.wall_s,
          messages_sent: sentInWindow, expected_deliveries: expected, delivered_of_window: deliveredOfWindow,

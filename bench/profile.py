@@ -243,6 +243,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) >= 3 and sys.argv[1] == "--summarize":  # re-summarize a saved raw file
-        print(summarize(Path(sys.argv[2]), Path(sys.argv[2]).stem))
+        print(summarize(Path(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else Path(sys.argv[2]).stem))
     else:
         main()

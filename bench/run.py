@@ -1,7 +1,7 @@
 """Run the trichannels benchmark suite: every target side by side, interleaved.
 
     python bench/run.py                         # everything, 3 rounds (~20 min)
-    python bench/run.py --quick                 # everything, short windows (~3-4 min)
+    python bench/run.py --quick                 # everything, 1 round, short windows (~3-4 min)
     python bench/run.py --scenarios S1,S5 --rounds 5
     python bench/run.py --targets tri-hypercorn,floor-hypercorn --scenarios S1
 
@@ -32,7 +32,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -65,6 +64,8 @@ REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/10")
 class Params:
     warmup: float = 2.0
     duration: float = 5.0
+    s2_warmup: float = 1.5
+    s2_duration: float = 4.0
     s2_fixed_warmup: float = 1.0
     s2_rate: float = 2000.0
     s2_senders: int = 10
@@ -78,8 +79,8 @@ class Params:
 
     @classmethod
     def quick(cls) -> Params:
-        return cls(warmup=1.0, duration=2.0, s2_fixed_warmup=0.5, s3_duration=0.7, s3_warmup=0.2,
-                   s6_cycles=3000, s6_warmup_cycles=300)
+        return cls(warmup=1.0, duration=2.0, s2_warmup=0.7, s2_duration=1.5, s2_fixed_warmup=0.5, s3_duration=0.7,
+                   s3_warmup=0.2, s4_clients=1000, s6_cycles=1500, s6_warmup_cycles=300)
 
 
 @dataclass
@@ -250,13 +251,13 @@ def s2(ctx: Ctx) -> None:
 
     def body(srv: Server, v: Variant, r: int) -> None:
         room = f"/chat/r{r}"
-        res = ws_window(srv, "broadcast", room, clients=100, senders=p.s2_senders, warmup=p.warmup,
-                        duration=p.duration)
+        res = ws_window(srv, "broadcast", room, clients=100, senders=p.s2_senders, warmup=p.s2_warmup,
+                        duration=p.s2_duration)
         ctx.record(kind="result", scenario="S2", sub="max", target=v.target, layer=v.layer, round=r, **res)
         ctx.log(f"  [S2 r{r}] {v.key:24s} max {fmt_rate(res['rate']):>7s} deliv/s  p50 {fmt_us(res['p50_us']):>7s} "
                 f"p99 {fmt_us(res['p99_us']):>7s}  {res.get('server_us_per_op', 0):5.1f} µs/deliv  lost {res['lost']}")
         res = ws_window(srv, "broadcast", room + "f", clients=100, rate=p.s2_rate, warmup=p.s2_fixed_warmup,
-                        duration=p.duration)
+                        duration=p.s2_duration)
         ctx.record(kind="result", scenario="S2", sub="fixed", target=v.target, layer=v.layer, round=r, **res)
         ctx.log(f"  [S2 r{r}] {v.key:24s} @{fmt_rate(p.s2_rate)}/s got {fmt_rate(res['rate']):>6s}  "
                 f"p50 {fmt_us(res['p50_us']):>7s} p99 {fmt_us(res['p99_us']):>7s}  lost {res['lost']}")
@@ -408,14 +409,20 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenarios", default=",".join(ALL_SCENARIOS),
                     help="comma-separated subset of S1..S6 (default: all)")
-    ap.add_argument("--rounds", type=int, default=3, help="rounds per scenario (default 3, at least 3 for the README)")
-    ap.add_argument("--quick", action="store_true", help="short windows and fewer churn cycles (~3-4 min in all)")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="rounds per scenario (default 3; 1 with --quick). The README wants at least 3")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run, ~3-4 min: 1 round, 2 s windows, S4 with 1,000 and S6 with 1,500 connections")
     ap.add_argument("--targets", default="", help="comma-separated subset of: " + ", ".join(TARGETS))
     ap.add_argument("--no-redis", action="store_true", help="skip the Redis variants of S2 and S3")
     ap.add_argument("--no-report", action="store_true", help="do not regenerate bench/README.md")
     ap.add_argument("--ceiling", action=argparse.BooleanOptionalAction, default=True,
                     help="measure the load generator's own ceiling first (default on)")
     args = ap.parse_args()
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 3
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
     args.targets = [t for t in args.targets.split(",") if t]
     unknown = [t for t in args.targets if t not in TARGETS]
     if unknown:
