@@ -21,7 +21,12 @@ PUBLIC_MODULES = sorted(
 
 def test_public_modules_found() -> None:
     """The walk finds the core public modules (guards against an empty parametrization)."""
-    for name in ["trichannels.consumer", "trichannels.routing", "trichannels.sync", "trichannels.layers"]:
+    for name in [
+        "trichannels.consumer",
+        "trichannels.routing",
+        "trichannels.sync",
+        "trichannels.layers",
+    ]:
         assert name in PUBLIC_MODULES
 
 
@@ -39,4 +44,6 @@ def test_module_exports(module_name: str) -> None:
         if inspect.isclass(obj) or inspect.isfunction(obj):
             assert obj.__doc__, f"{module_name}.{name} has no docstring"
             owner = getattr(obj, "__module__", "") or ""
-            assert "._" not in owner, f"{module_name}.{name} claims private module {owner}"
+            assert "._" not in owner, (
+                f"{module_name}.{name} claims private module {owner}"
+            )

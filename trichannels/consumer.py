@@ -297,13 +297,17 @@ class AsyncConsumer:
                         await self.base_send(_HANDLED)
             self._handler_scope = None
 
+        # The early returns below are checkpointed: the loop above runs at least
+        # once (_grace_over starts False and only the tasks started with us set
+        # it) and events.receive() checkpoints even when it raises EndOfStream.
+        # A checkpoint here would be one more per instance for nothing.
         self._wait_scope = None
         disconnect = self._disconnect_message
         if disconnect is None:
-            return
+            return  # noqa: ASYNC910 - see above
         name = get_handler_name(disconnect)
         if not callable(getattr(self, name, None)):
-            return  # nothing to run: the connection is over either way
+            return  # noqa: ASYNC910 - see above (no handler: the connection is over anyway)
         with anyio.move_on_after(self.close_timeout) as scope:
             await self.dispatch(disconnect)
         if scope.cancelled_caught:
@@ -435,7 +439,7 @@ class AsyncConsumer:
         if self._task_group is not None and not self._stopping:
             self._task_group.start_soon(self._send_going_away, code, reason)
 
-    async def _send_going_away(self, code: int, reason: str) -> None:
+    async def _send_going_away(self, code: int, reason: str) -> None:  # noqa: ASYNC910 - a task body, not an API
         try:
             await self.base_send(
                 {"type": "websocket.close", "code": code, "reason": reason}
@@ -534,7 +538,7 @@ class AsyncConsumer:
             )
         tg.start_soon(self._guard_child, fn, args, name=name)
 
-    async def _guard_child(
+    async def _guard_child(  # noqa: ASYNC910 - a task body, not an API
         self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]
     ) -> None:
         try:

@@ -180,7 +180,7 @@ class RequestTimeout(RequestAborted):
     """The client took too long to send the request body."""
 
 
-class StopConsumer(Exception):  # noqa: N818 - Channels' name, kept for porting
+class StopConsumer(Exception):  # Channels' name, kept for porting
     """Raise from a consumer handler to end the application instance cleanly.
 
     Not an error: the instance's task group is closed, its child tasks are
@@ -188,11 +188,11 @@ class StopConsumer(Exception):  # noqa: N818 - Channels' name, kept for porting
     """
 
 
-class AcceptConnection(Exception):  # noqa: N818 - Channels' name, kept for porting
+class AcceptConnection(Exception):  # Channels' name, kept for porting
     """Raise from a WebSocket consumer's ``connect`` to accept the handshake."""
 
 
-class DenyConnection(Exception):  # noqa: N818 - Channels' name, kept for porting
+class DenyConnection(Exception):  # Channels' name, kept for porting
     """Raise from a WebSocket consumer's ``connect`` to refuse the handshake.
 
     The client sees the handshake refused (HTTP 403 on servers that answer

@@ -598,7 +598,7 @@ class BaseChannelLayer(anyio.abc.AsyncResource):
             raise InvalidChannelLayerError(msg)
 
     @contextlib.asynccontextmanager
-    async def _lifespan(self) -> AsyncIterator[None]:
+    async def _lifespan(self) -> AsyncIterator[None]:  # noqa: ASYNC911 - a hook: __aenter__ and aclose() checkpoint around it
         """Runs while the layer is open under ``async with``; override to own background tasks.
 
         Typical override::
@@ -612,7 +612,7 @@ class BaseChannelLayer(anyio.abc.AsyncResource):
 
         It is exited after :meth:`_aclose` has run.
         """
-        yield
+        yield  # noqa: ASYNC911 - no checkpoint in a no-op hook (see above)
 
     async def _aclose(self) -> None:
         """Release resources and wake waiting receivers; override in layers.
@@ -653,7 +653,10 @@ class BaseChannelLayer(anyio.abc.AsyncResource):
         if stack is None:
             await self.aclose()
             return
-        async with stack:  # exits _lifespan() after aclose(), even if aclose() raised
+        # Exits _lifespan() after aclose(), even if aclose() raised. Not shielded:
+        # aclose() already shielded (and bounded) the graceful part, and what is
+        # left is stopping a task group, which must stay cancellable.
+        async with stack:  # noqa: ASYNC102 - see above
             await self.aclose()
 
     async def aclose(self) -> None:
@@ -765,7 +768,7 @@ class BaseChannelLayer(anyio.abc.AsyncResource):
             self.serializer.copy(message)
         await self._send_each(pairs)
 
-    async def _send_each(self, pairs: Sequence[tuple[str, Message]]) -> None:
+    async def _send_each(self, pairs: Sequence[tuple[str, Message]]) -> None:  # noqa: ASYNC910 - each send() checkpoints; no pairs: below
         first_full: ChannelFull | None = None
         for channel, message in pairs:
             try:
@@ -779,7 +782,7 @@ class BaseChannelLayer(anyio.abc.AsyncResource):
             self._check_open()
             await anyio.lowlevel.checkpoint()
 
-    async def group_send_many(
+    async def group_send_many(  # noqa: ASYNC910 - each group_send() checkpoints; no pairs: below
         self, group_messages: Iterable[tuple[str, Message]]
     ) -> None:
         """``group_send`` each ``(group, message)`` pair, in order; validated up front. A checkpoint.
@@ -821,7 +824,7 @@ class BaseChannelLayer(anyio.abc.AsyncResource):
         return self._receive_at_most_once(channel)
 
     @contextlib.asynccontextmanager
-    async def _receive_at_most_once(
+    async def _receive_at_most_once(  # noqa: ASYNC911 - a context manager: entering checkpoints, exiting must not
         self, channel: str
     ) -> AsyncIterator[dict[str, Any]]:
         yield await self.receive(channel)

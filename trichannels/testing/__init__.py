@@ -29,7 +29,6 @@ __all__ = [
 ]
 
 
-
 def _claim_exports() -> None:
     """Present the re-exported names as living here (docs, reprs, pickling paths)."""
     for name in __all__:

@@ -104,14 +104,18 @@ class ApplicationCommunicator:
         assert tg is not None
         try:
             if not self._done.is_set():
+                # Bounded by _EXIT_GRACE inside _finish(). Shielded only when the
+                # body raised, so that a cancelled clean exit is still cut short.
                 with anyio.CancelScope(shield=exc is not None):
-                    await self._finish()
+                    await self._finish()  # noqa: ASYNC102 - see above
         finally:
             tg.cancel_scope.cancel()
             # The test body's exception (if any) is not handed to the task group,
             # so it propagates unwrapped rather than inside an exception group.
+            # Not shielded: the group is cancelled already, so exiting only waits
+            # for the cancelled application, and a shield would not bound that.
             try:
-                await tg.__aexit__(None, None, None)
+                await tg.__aexit__(None, None, None)  # noqa: ASYNC102 - see above
             finally:
                 # Also when cancelled from outside: a cancelled exit re-raises there.
                 self._close_streams()
@@ -158,7 +162,7 @@ class ApplicationCommunicator:
             )
         self._start(self._external_tg)
 
-    async def _run_application(self) -> None:
+    async def _run_application(self) -> None:  # noqa: ASYNC910 - a task body, not an API
         try:
             await self.application(
                 dict(self.scope), self._input_receive.receive, self._send_output
@@ -202,7 +206,7 @@ class ApplicationCommunicator:
         self._input_send.send_nowait(dict(message))
         await anyio.lowlevel.checkpoint()
 
-    async def receive_output(self, timeout: float = 1) -> Message:
+    async def receive_output(self, timeout: float = 1) -> Message:  # noqa: ASYNC109 - Channels parity
         """Return the next message the application sent, waiting up to ``timeout`` seconds.
 
         Raises:
@@ -213,7 +217,7 @@ class ApplicationCommunicator:
         """
         return await self._next_output(timeout, "receive_output()")
 
-    async def _next_output(self, timeout: float, waiting_in: str) -> Message:
+    async def _next_output(self, timeout: float, waiting_in: str) -> Message:  # noqa: ASYNC109 - Channels parity
         self._ensure_started()
         if self._peeked:
             await anyio.lowlevel.checkpoint()
@@ -232,7 +236,9 @@ class ApplicationCommunicator:
             ) from None
 
     async def receive_nothing(
-        self, timeout: float = 0.1, interval: float = 0.01
+        self,
+        timeout: float = 0.1,  # noqa: ASYNC109 - Channels parity
+        interval: float = 0.01,
     ) -> bool:
         """Return ``True`` if the application sends nothing within ``timeout`` seconds.
 
@@ -250,12 +256,12 @@ class ApplicationCommunicator:
                 message = await self._output_receive.receive()
             except anyio.EndOfStream:
                 self._raise_unsurfaced()
-                return True
+                return True  # noqa: ASYNC910 - receive() checkpointed before raising
             self._peeked.append(message)
             return False
         return True
 
-    async def wait(self, timeout: float = 1) -> None:
+    async def wait(self, timeout: float = 1) -> None:  # noqa: ASYNC109 - Channels parity
         """Wait up to ``timeout`` seconds for the application to return.
 
         Raises:
@@ -369,7 +375,7 @@ class WebsocketCommunicator(ApplicationCommunicator):
         self.close_reason: str | None = None
         self.denial_response: dict[str, Any] | None = None
 
-    async def connect(self, timeout: float = 1) -> tuple[bool, int | str | None]:
+    async def connect(self, timeout: float = 1) -> tuple[bool, int | str | None]:  # noqa: ASYNC109 - Channels parity
         """Send the handshake; return ``(True, subprotocol)`` or ``(False, close_code)``.
 
         A refusal sent as an HTTP response returns ``(False, status)``.
@@ -427,7 +433,7 @@ class WebsocketCommunicator(ApplicationCommunicator):
         """Send ``data`` encoded as JSON in a text frame."""
         await self.send_to(text_data=json.dumps(data))
 
-    async def receive_from(self, timeout: float = 1) -> str | bytes:
+    async def receive_from(self, timeout: float = 1) -> str | bytes:  # noqa: ASYNC109 - Channels parity
         """Return the payload of the next frame the application sent (str or bytes)."""
         response = await self._next_output(timeout, "receive_from()")
         kind = response["type"]
@@ -450,7 +456,7 @@ class WebsocketCommunicator(ApplicationCommunicator):
         assert data is not None
         return data
 
-    async def receive_json_from(self, timeout: float = 1) -> Any:
+    async def receive_json_from(self, timeout: float = 1) -> Any:  # noqa: ASYNC109 - Channels parity
         """Return the next frame decoded as JSON (it must be a text frame)."""
         payload = await self.receive_from(timeout)
         if not isinstance(payload, str):
@@ -459,7 +465,7 @@ class WebsocketCommunicator(ApplicationCommunicator):
             )
         return json.loads(payload)
 
-    async def disconnect(self, code: int = 1000, timeout: float = 1) -> None:
+    async def disconnect(self, code: int = 1000, timeout: float = 1) -> None:  # noqa: ASYNC109 - Channels parity
         """Tell the application the client disconnected, then wait for it to return."""
         if not isinstance(code, int) or isinstance(code, bool):
             raise TypeError(f"code must be an int, got {code!r}")
@@ -526,7 +532,7 @@ class HttpCommunicator(ApplicationCommunicator):
         self._chunks = chunks
         self._sent_request = False
 
-    async def get_response(self, timeout: float = 1) -> dict[str, Any]:
+    async def get_response(self, timeout: float = 1) -> dict[str, Any]:  # noqa: ASYNC109 - Channels parity
         """Send the request and return ``{"status", "headers", "body"}`` of the response.
 
         Each received message has its own ``timeout``. Streamed bodies are joined.
