@@ -44,6 +44,7 @@ from trichannels.exceptions import (
     LayerConnectionError,
     MessageTooLarge,
 )
+from trichannels.layers import redis as redis_layer
 from trichannels.layers.redis import RedisChannelLayer, _redact
 from trichannels.testing import check_channel_layer
 
@@ -686,9 +687,9 @@ async def test_reconnect_after_client_kill_loses_nothing_accepted(
             assert len(got) == len(set(got)), "a message was delivered twice"
             assert accepted <= set(got)
             assert len(accepted) > 500
-        assert receiver.redis_statistics().reconnects >= 1
         with trio.fail_after(5):  # the last kill may still be in its reconnect backoff
             await _wait_connected(receiver)
+        assert receiver.redis_statistics().reconnects >= 1
 
 
 @pytest.mark.slow
@@ -900,25 +901,44 @@ async def test_at_least_once_ack_and_lease_renewal(make_layer: MakeLayer) -> Non
             assert await other.receive("slow") == {"type": "next"}
 
 
+async def _strand_one(
+    layer: RedisChannelLayer, other: RedisChannelLayer, channel: str
+) -> None:
+    """Make ``layer`` fetch one entry of ``channel`` for a receiver that then leaves.
+
+    The "receiver" is simulated by the reader's demand counter, so that the
+    fetch certainly happens after it is gone: a race a real cancelled
+    receive only sometimes wins.
+    """
+    with trio.move_on_after(0.2):
+        await layer.receive(channel)  # starts the channel's reader, then leaves
+    layer._workers[channel].waiting += 1
+    layer._workers[channel].demand.set()
+    await other.send(channel, {"type": "orphan"})
+    with trio.fail_after(5):
+        while not layer.statistics().queued_messages:  # noqa: ASYNC110
+            await trio.sleep(0.01)
+    layer._workers[channel].waiting -= 1
+    layer._workers[channel].demand.set()  # as a leaving receiver does
+
+
 @pytest.mark.slow
-async def test_stranded_message_is_requeued_on_close(make_layer: MakeLayer) -> None:
-    """A message fetched for a receiver that was cancelled is handed back to Redis when the layer closes."""
+async def test_stranded_message_is_requeued(
+    make_layer: MakeLayer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An entry fetched for a receiver that left goes back to Redis: after the hand-off
+    grace if no other local receiver comes, or when the layer closes."""
+    monkeypatch.setattr(redis_layer, "_HANDOFF_GRACE", 0.1)
     async with make_layer() as other:
         async with make_layer() as layer:
-            with trio.move_on_after(0.2):
-                await layer.receive("handoff")  # starts the reader, then leaves
-            layer._workers[
-                "handoff"
-            ].waiting += 1  # pretend a receiver is waiting: the reader fetches
-            layer._workers["handoff"].demand.set()
-            await other.send("handoff", {"type": "orphan"})
+            await _strand_one(layer, other, "handoff")
             with trio.fail_after(5):
-                while not layer.statistics().queued_messages:  # noqa: ASYNC110
-                    await trio.sleep(0.01)
-            layer._workers["handoff"].waiting -= 1
-        assert layer.redis_statistics().requeued == 1
+                assert await other.receive("handoff") == {"type": "orphan"}
+            assert layer.redis_statistics().requeued == 1
+            await _strand_one(layer, other, "closing")
+        assert layer.redis_statistics().requeued == 2
         with trio.fail_after(5):
-            assert await other.receive("handoff") == {"type": "orphan"}
+            assert await other.receive("closing") == {"type": "orphan"}
 
 
 # --------------------------------------------------------------------------- two processes

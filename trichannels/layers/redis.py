@@ -770,6 +770,9 @@ class _Item:
     entry_id: bytes | None = None
 
 
+_HANDOFF_GRACE: Final = 1.0
+"""Seconds a worker-channel entry fetched for a receiver that left waits for another local one."""
+
 _WAKE: Final = _Item(math.inf, {})
 """Handed to parked receivers to make them re-check (see ``_wake_receivers``)."""
 
@@ -970,9 +973,9 @@ class RedisChannelLayer(BaseChannelLayer):
       acknowledging, another process claims it after ``visibility_timeout``
       (it was never handed over, so this is not a duplicate). A fetched entry
       whose receiver was cancelled stays buffered for the next receiver in
-      this process; if none comes within ``visibility_timeout`` (or the layer
-      closes) it is appended to the stream again (it then loses its place in
-      the order) and counted in ``redis_statistics().requeued``.
+      this process; if none comes within a second (or the layer closes) it is
+      appended to the stream again (it then loses its place in the order) and
+      counted in ``redis_statistics().requeued``.
     - **At-least-once** channels (``channel_delivery``): with
       ``async with layer.receive_delivery(channel) as message:`` the entry is
       acknowledged (``XACK`` + ``XDEL``) only after the block exits without an
@@ -1772,6 +1775,8 @@ class RedisChannelLayer(BaseChannelLayer):
         finally:
             wc.waiting -= 1
             wc.last_active = self._now()
+            if not wc.waiting and wc.queue.items:
+                wc.demand.set()  # entries were fetched for receivers that left
 
     # ----------------------------------------------------------- groups
 
@@ -2001,10 +2006,11 @@ class RedisChannelLayer(BaseChannelLayer):
             try:
                 async with self._make_client(shard, "inbox", blocking=True) as client:
                     try:
+                        await client.ping()  # connected: report it now, not after BLOCK
                         if not started:
-                            await client.ping()
                             task_status.started()
                             started = True
+                        self._note_up("inbox", shard)
                         while True:
                             request = client.create_request(
                                 CommandName.XREAD,
@@ -2175,19 +2181,24 @@ class RedisChannelLayer(BaseChannelLayer):
             # taken (a receiver handed an item may not have resumed yet).
             need = wc.waiting - wc.outstanding
             if need <= 0:
-                with anyio.move_on_after(self.visibility_timeout):
+                grace = min(_HANDOFF_GRACE, self.visibility_timeout)
+                stranded = wc.waiting == 0 and bool(wc.queue.items)
+                with anyio.move_on_after(
+                    grace if stranded else self.visibility_timeout
+                ):
                     await wc.demand.wait()
                 wc.demand = anyio.Event()
-                if (
-                    wc.waiting == 0
-                    and self._now() - wc.last_active >= self.visibility_timeout
-                ):
-                    stranded = _drain_worker(wc)
-                    if stranded and wc.delivery == "at-most-once":
-                        await self._requeue(wc, stranded)
-                    for item in stranded:
-                        if item.entry_id is not None:
-                            wc.leased.discard(item.entry_id)
+                idle = self._now() - wc.last_active
+                if wc.waiting == 0 and wc.queue.items and idle >= grace:
+                    # Fetched for receivers that left: let other processes have them.
+                    items = _drain_worker(wc)
+                    if wc.delivery == "at-most-once":
+                        await self._requeue(wc, items)
+                    else:  # no longer renewed: claimable after visibility_timeout
+                        wc.leased.difference_update(
+                            i.entry_id for i in items if i.entry_id
+                        )
+                if wc.waiting == 0 and idle >= self.visibility_timeout:
                     return False
                 continue
             now = self._now()
@@ -2406,6 +2417,9 @@ class RedisChannelLayer(BaseChannelLayer):
                 failures = 0
             except LayerConnectionError as exc:
                 failures += 1
+                next_keepalive = next_renew = next_clock = (
+                    0.0  # retry all after the backoff
+                )
                 _log.debug("housekeeping failed (will retry): %s", exc)
 
     async def _flush_trim(self) -> None:
