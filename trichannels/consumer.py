@@ -33,12 +33,12 @@ from __future__ import annotations
 import functools
 import logging
 import weakref
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import anyio
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from trichannels._validation import validate_outgoing
 from trichannels.exceptions import StopConsumer
@@ -131,6 +131,69 @@ def _is_disconnect(message: Mapping[str, Any]) -> bool:
     return isinstance(message_type, str) and message_type.endswith(".disconnect")
 
 
+class _Inbox:
+    """An instance's queue of events: FIFO, bounded, closed producer by producer.
+
+    Cheaper than a memory object stream on the per-message path: ``put`` and
+    ``get`` only suspend when they must wait (the producers' own awaits on the
+    server and the layer are their checkpoints), so handing an event from a
+    reader to the dispatcher costs one task switch, not two.
+    """
+
+    __slots__ = ("_items", "_limit", "_producers", "_ready", "_space")
+
+    def __init__(self, limit: int, producers: int) -> None:
+        self._items: deque[tuple[bool, Message]] = deque()
+        self._limit = max(1, limit)
+        self._producers = producers
+        self._ready: anyio.Event | None = None
+        self._space: anyio.Event | None = None
+
+    async def put(self, item: tuple[bool, Message]) -> None:  # noqa: ASYNC910 - see class docstring
+        """Queue ``item``, waiting while the queue is full (cancellation-safe)."""
+        while len(self._items) >= self._limit:  # noqa: ASYNC110 - woken by get(), not polled
+            if self._space is None:
+                self._space = anyio.Event()
+            await self._space.wait()
+        self._items.append(item)
+        self._wake_getter()
+
+    def close_producer(self) -> None:
+        """One producer is done; ``get`` raises EndOfStream once all are and the queue is empty."""
+        self._producers -= 1
+        self._wake_getter()
+
+    def _wake_getter(self) -> None:
+        if self._ready is not None:
+            self._ready.set()
+            self._ready = None
+
+    async def get(self) -> tuple[bool, Message]:
+        """Take the oldest item, waiting if there is none (cancellation-safe).
+
+        Raises:
+            anyio.EndOfStream: every producer closed and the queue is empty.
+        """
+        while not self._items:
+            if self._producers <= 0:
+                await anyio.lowlevel.checkpoint()
+                raise anyio.EndOfStream
+            if self._ready is None:
+                self._ready = anyio.Event()
+            await self._ready.wait()
+        item = self._items.popleft()
+        if self._space is not None:
+            self._space.set()
+            self._space = None
+        return item  # noqa: ASYNC910 - the producers' awaits are the checkpoints
+
+    def drain(self) -> list[tuple[bool, Message]]:
+        """Remove and return everything still queued."""
+        items = list(self._items)
+        self._items.clear()
+        return items
+
+
 class AsyncConsumer:
     """Base class of every consumer; handlers are ``async def`` methods.
 
@@ -179,8 +242,8 @@ class AsyncConsumer:
         self._error: Exception | None = None
         self._stopping = False
         self._disconnect_message: Message | None = None
-        self._wait_scope: anyio.CancelScope | None = None
-        self._handler_scope: anyio.CancelScope | None = None
+        self._loop_scope: anyio.CancelScope | None = None
+        self._busy = False
         self._layer_scope: anyio.CancelScope | None = None
         self._protocol_scope: anyio.CancelScope | None = None
         self._grace_over = False
@@ -235,20 +298,17 @@ class AsyncConsumer:
         return channel_layers.lookup(alias)
 
     async def _run(self, receive: Receive, layer: BaseChannelLayer | None) -> None:
-        events_in, events_out = anyio.create_memory_object_stream[tuple[bool, Message]](
-            self.max_pending_events
-        )
+        inbox = _Inbox(self.max_pending_events, producers=1 if layer is None else 2)
         try:
             async with anyio.create_task_group() as tg:
                 self._task_group = tg
                 if self.scope.get("type") == "websocket":
                     _live_websockets.add(self)
-                tg.start_soon(self._read_protocol, receive, events_in.clone())
+                tg.start_soon(self._read_protocol, receive, inbox)
                 if layer is not None:
-                    tg.start_soon(self._read_layer, layer, events_in.clone())
-                events_in.close()
+                    tg.start_soon(self._read_layer, layer, inbox)
                 try:
-                    await self._dispatch_loop(events_out)
+                    await self._dispatch_loop(inbox)
                 except StopConsumer:
                     pass
                 except Exception as exc:
@@ -268,26 +328,21 @@ class AsyncConsumer:
                     except Exception as exc:
                         self._fail(exc)
             finally:
-                self._drop_undelivered(events_out, layer)
+                self._drop_undelivered(inbox, layer)
 
-    async def _dispatch_loop(
-        self, events: MemoryObjectReceiveStream[tuple[bool, Message]]
-    ) -> None:
+    async def _dispatch_loop(self, inbox: _Inbox) -> None:
         # Events queued before a disconnect are still dispatched, in order, until
-        # the grace period after the disconnect runs out; then the busy handler is
-        # cancelled, the rest are dropped, and the disconnect handler runs.
-        while not self._grace_over:
-            with anyio.CancelScope() as wait_scope:
-                self._wait_scope = wait_scope
+        # the grace period after the disconnect runs out; then _end_grace()
+        # cancels this loop (and the busy handler with it), the rest are dropped,
+        # and the disconnect handler runs. One cancel scope per instance, not per
+        # event: this loop is the per-message hot path.
+        with anyio.CancelScope() as self._loop_scope:
+            while True:
                 try:
-                    from_layer, message = await events.receive()
+                    from_layer, message = await inbox.get()
                 except anyio.EndOfStream:
                     break
-            self._wait_scope = None
-            if wait_scope.cancelled_caught:
-                break
-            with anyio.CancelScope() as handler_scope:
-                self._handler_scope = handler_scope
+                self._busy = True
                 if from_layer:
                     await self._dispatch_layer_event(message)
                 else:
@@ -295,13 +350,11 @@ class AsyncConsumer:
                     if self._is_worker:
                         # Tell the worker the message was handled (it acknowledges it).
                         await self.base_send(_HANDLED)
-            self._handler_scope = None
+                self._busy = False
+        self._loop_scope = None
 
-        # The early returns below are checkpointed: the loop above runs at least
-        # once (_grace_over starts False and only the tasks started with us set
-        # it) and events.receive() checkpoints even when it raises EndOfStream.
-        # A checkpoint here would be one more per instance for nothing.
-        self._wait_scope = None
+        # The returns below follow the loop, which always awaited inbox.get() at
+        # least once; a checkpoint here would be one more per instance for nothing.
         disconnect = self._disconnect_message
         if disconnect is None:
             return  # noqa: ASYNC910 - see above
@@ -319,10 +372,8 @@ class AsyncConsumer:
                 self.close_timeout,
             )
 
-    async def _read_protocol(
-        self, receive: Receive, events: MemoryObjectSendStream[tuple[bool, Message]]
-    ) -> None:
-        async with events:
+    async def _read_protocol(self, receive: Receive, inbox: _Inbox) -> None:  # noqa: ASYNC910 - a task body
+        try:
             with anyio.CancelScope() as self._protocol_scope:
                 try:
                     while True:
@@ -331,24 +382,22 @@ class AsyncConsumer:
                         if _is_disconnect(message):
                             self._notice_disconnect(message)
                             return
-                        await events.send((False, message))
+                        await inbox.put((False, message))
                 except Exception as exc:
                     self._fail(exc)
+        finally:
+            inbox.close_producer()
 
-    async def _read_layer(
-        self,
-        layer: BaseChannelLayer,
-        events: MemoryObjectSendStream[tuple[bool, Message]],
-    ) -> None:
-        async with events:
+    async def _read_layer(self, layer: BaseChannelLayer, inbox: _Inbox) -> None:  # noqa: ASYNC910 - a task body
+        try:
             with anyio.CancelScope() as self._layer_scope:
                 if self._disconnect_message is not None:
-                    return
+                    return  # noqa: ASYNC910 - a task body
                 try:
                     while True:
                         message = await layer.receive(self.channel_name)
                         try:
-                            await events.send((True, message))
+                            await inbox.put((True, message))
                         except BaseException:
                             # Taken from the layer but never queued: make the loss visible.
                             layer.record_dropped(1)
@@ -362,6 +411,8 @@ class AsyncConsumer:
                             raise
                 except Exception as exc:
                     self._fail(exc)
+        finally:
+            inbox.close_producer()
 
     def _notice_disconnect(self, message: Message) -> None:
         """Record the disconnect and make sure no handler can starve it."""
@@ -379,10 +430,7 @@ class AsyncConsumer:
 
     async def _end_grace_period(self) -> None:
         await anyio.sleep(self.close_timeout)
-        self._grace_over = True
-        if self._wait_scope is not None:
-            self._wait_scope.cancel()
-        if self._handler_scope is not None:
+        if self._busy:
             logger.warning(
                 "%s: handler still running %ss after the client disconnected from %s %s; cancelled",
                 type(self).__qualname__,
@@ -390,21 +438,21 @@ class AsyncConsumer:
                 self.scope.get("type"),
                 self.scope.get("path"),
             )
-            self._handler_scope.cancel()
+        self._end_grace()
 
-    def _drop_undelivered(
-        self,
-        events: MemoryObjectReceiveStream[tuple[bool, Message]],
-        layer: BaseChannelLayer | None,
-    ) -> None:
-        dropped = 0
-        with events:
-            while True:
-                try:
-                    from_layer, _ = events.receive_nowait()
-                except (anyio.WouldBlock, anyio.EndOfStream):
-                    break
-                dropped += from_layer
+    def _end_grace(self) -> None:
+        """Stop dispatching now: cancel the busy handler, drop the queued events.
+
+        Called when the grace period after a disconnect runs out; subclasses for
+        protocols where nothing can reach the client any more (HTTP) call it as
+        soon as the disconnect is noticed. The disconnect handler still runs.
+        """
+        self._grace_over = True
+        if self._loop_scope is not None:
+            self._loop_scope.cancel()
+
+    def _drop_undelivered(self, inbox: _Inbox, layer: BaseChannelLayer | None) -> None:
+        dropped = sum(from_layer for from_layer, _ in inbox.drain())
         if dropped and layer is not None:
             layer.record_dropped(dropped)
             logger.warning(

@@ -204,11 +204,7 @@ class AsyncHttpConsumer(AsyncConsumer):
         # is running at once (no grace period), then run the disconnect handler.
         self._disconnected = True
         super()._notice_disconnect(message)
-        self._grace_over = True
-        if self._wait_scope is not None:
-            self._wait_scope.cancel()
-        if self._handler_scope is not None:
-            self._handler_scope.cancel()
+        self._end_grace()
 
     async def _instance_cleanup(self) -> None:
         try:
