@@ -319,9 +319,9 @@ class AsyncConsumer:
             self._task_group = None
             self._stopping = True
             try:
-                with (
-                    anyio.CancelScope(shield=True),
-                    anyio.move_on_after(self.close_timeout),
+                # Shielded from outside cancellation, bounded by close_timeout.
+                with anyio.CancelScope(
+                    shield=True, deadline=anyio.current_time() + self.close_timeout
                 ):
                     try:
                         await self._instance_cleanup()
