@@ -261,6 +261,7 @@ def test_conformance_battery_on_asyncio(redis_url: str, prefix: str) -> None:
 # --------------------------------------------------------------------------- basics
 
 
+@pytest.mark.slow
 async def test_ordering_per_sender_on_both_kinds_of_channel(
     make_layer: MakeLayer,
 ) -> None:
@@ -402,6 +403,7 @@ async def test_group_expiry_and_refresh(make_layer: MakeLayer) -> None:
             assert await layer.receive(goes) == {"type": "sentinel"}
 
 
+@pytest.mark.slow
 async def test_flush_touches_only_its_prefix(
     make_layer: MakeLayer, redis: coredis.Redis[bytes], prefix: str
 ) -> None:
@@ -410,8 +412,7 @@ async def test_flush_touches_only_its_prefix(
     await redis.set(f"{other}:keep", "1")
     try:
         async with make_layer() as layer:
-            for i in range(1200):
-                await redis.set(f"{prefix}:junk{i}", "1")
+            await redis.mset({f"{prefix}:junk{i}": "1" for i in range(1200)})
             await layer.send("work", {"type": "x"})
             await layer.flush()
             assert await redis.exists([f"{other}:keep"]) == 1
@@ -878,6 +879,7 @@ async def test_dead_letter_after_max_deliveries(make_layer: MakeLayer) -> None:
         assert layer.redis_statistics().dead_lettered == 1
 
 
+@pytest.mark.slow
 async def test_at_least_once_ack_and_lease_renewal(make_layer: MakeLayer) -> None:
     """A handler slower than visibility_timeout keeps its lease; a clean exit acknowledges."""
     async with (
@@ -1015,6 +1017,7 @@ async def test_sentinel_discovers_the_primary(tmp_path: Path, prefix: str) -> No
 # --------------------------------------------------------------------------- coredis hazards
 
 
+@pytest.mark.slow
 @pytest.mark.coredis_hazard
 async def test_hazard_cancelled_blocking_read_leaks_pool_slot(redis_url: str) -> None:
     """H1: every cancelled blocking read loses its pool slot; with the pool empty commands time out.
@@ -1033,6 +1036,7 @@ async def test_hazard_cancelled_blocking_read_leaks_pool_slot(redis_url: str) ->
             await client.ping()
 
 
+@pytest.mark.slow
 @pytest.mark.coredis_hazard
 async def test_hazard_killed_blocking_read_leaks_pool_slot(
     redis_url: str, redis: coredis.Redis[bytes]
@@ -1097,6 +1101,7 @@ async def _write_while_read_is_cancelled(client: coredis.Redis[bytes], key: str)
     return outcome
 
 
+@pytest.mark.slow
 @pytest.mark.coredis_hazard
 @COREDIS_LEAKS
 async def test_hazard_retry_policy_duplicates_a_write(
