@@ -297,7 +297,7 @@ def summarise(label: str, unit: str, results: list[Result]) -> dict[str, Any]:
     cpu_rates = [1e6 / us for us in cpu_us]
     med = statistics.median(rates)
     print(
-        f"  {label:<11} {med:>10,.0f} {unit:<12} (range {min(rates):,.0f}-{max(rates):,.0f}; "
+        f"  {label:<20} {med:>10,.0f} {unit:<12} (range {min(rates):,.0f}-{max(rates):,.0f}; "
         f"CPU {statistics.median(cpu_us):.2f} us/op = {statistics.median(cpu_rates):,.0f}/s of CPU, "
         f"range {min(cpu_rates):,.0f}-{max(cpu_rates):,.0f})",
         flush=True,
