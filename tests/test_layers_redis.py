@@ -927,6 +927,28 @@ async def _strand_one(
     layer._workers[channel].demand.set()  # as a leaving receiver does
 
 
+async def test_at_most_once_take_never_takes_a_claimed_entry(
+    make_layer: MakeLayer, redis: coredis.Redis[bytes], prefix: str
+) -> None:
+    """The at-most-once hand-over script acknowledges only entries this process still owns.
+
+    An entry another process claimed (its fetcher was cut off past
+    visibility_timeout) is left to that process, so nobody delivers it twice.
+    """
+    key = f"{prefix}:{{c:owned}}"
+    await redis.xgroup_create(key, "w", "0", mkstream=True)
+    entry = await redis.xadd(key, {"m": "x"})
+    await redis.xreadgroup("w", "someone-else", {key: ">"}, count=1)
+    async with make_layer() as layer:
+        shard = layer._shards[0]
+        take = functools.partial(layer._run, shard, "testing", "take", [key])
+        assert await take([layer._proc, entry]) == [-1]  # another consumer's
+        await redis.xclaim(key, "w", layer._proc, 0, [entry])
+        assert await take([layer._proc, entry]) == [1]  # ours: taken
+        assert await take([layer._proc, entry]) == [0]  # gone
+        assert await redis.xlen(key) == 0
+
+
 @pytest.mark.slow
 async def test_stranded_message_is_requeued(
     make_layer: MakeLayer, monkeypatch: pytest.MonkeyPatch

@@ -288,6 +288,31 @@ redis.call('XACK', KEYS[1], 'w', unpack(ARGV))
 return redis.call('XDEL', KEYS[1], unpack(ARGV))
 """
 
+_TAKE: Final = """
+-- At-most-once hand-over: acknowledge and delete the entries ARGV[2..] of
+-- worker stream KEYS[1] that consumer ARGV[1] still owns. Per entry:
+-- 1 = taken now, 0 = no longer pending (acknowledged already), -1 = owned by
+-- another consumer (claimed after visibility_timeout: it is theirs now).
+local out = {}
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  for i = 2, #ARGV do out[#out + 1] = 0 end
+  return out
+end
+for i = 2, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], 'w', ARGV[i], ARGV[i], 1)
+  if p[1] == nil then
+    out[#out + 1] = 0
+  elseif p[1][2] == ARGV[1] then
+    redis.call('XACK', KEYS[1], 'w', ARGV[i])
+    redis.call('XDEL', KEYS[1], ARGV[i])
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = -1
+  end
+end
+return out
+"""
+
 _CLAIM: Final = """
 -- Take over entries of worker stream KEYS[1] idle for ARGV[2] ms (their
 -- consumer died or stopped renewing), at most ARGV[3] of them, for consumer
@@ -409,6 +434,7 @@ _SCRIPTS: Final = {
         "group_discard": _GROUP_DISCARD,
         "ensure_group": _ENSURE_GROUP,
         "ack": _ACK,
+        "take": _TAKE,
         "claim": _CLAIM,
         "renew": _RENEW,
         "keepalive": _KEEPALIVE,
@@ -968,10 +994,11 @@ class RedisChannelLayer(BaseChannelLayer):
       ``send`` enforces ``get_capacity(channel)`` atomically (entries not yet
       acknowledged count). A reader fetches only as many entries as there are
       receivers waiting in this process. **At-most-once** (the default): the
-      entry is acknowledged and deleted before it is handed over, so it is
-      never delivered twice; if the process dies between fetching and
-      acknowledging, another process claims it after ``visibility_timeout``
-      (it was never handed over, so this is not a duplicate). A fetched entry
+      entry is acknowledged and deleted before it is handed over, and only if
+      this process still owns it, so it is never delivered twice; if the
+      process dies (or loses Redis) between fetching and acknowledging,
+      another process claims it after ``visibility_timeout`` (it was never
+      handed over, so this is not a duplicate). A fetched entry
       whose receiver was cancelled stays buffered for the next receiver in
       this process; if none comes within a second (or the layer closes) it is
       appended to the stream again (it then loses its place in the order) and
@@ -2305,7 +2332,8 @@ class RedisChannelLayer(BaseChannelLayer):
         if not entries or epoch != self._flush_epoch:
             return
         if wc.delivery == "at-most-once":
-            await self._ack_until_done(wc, [e[0] for e in entries])
+            taken = await self._ack_until_done(wc, [e[0] for e in entries])
+            entries = [e for e in entries if e[0] in taken]
         now_ms = self._server_now_ms()
         now = self._now()
         drop: list[bytes] = []
@@ -2334,20 +2362,47 @@ class RedisChannelLayer(BaseChannelLayer):
             # Fetched while closing: _release_workers may already have run.
             await self._requeue(wc, _drain_worker(wc))
 
-    async def _ack_until_done(self, wc: _WorkerChannel, ids: Sequence[bytes]) -> None:
-        """Acknowledge at-most-once entries before handing them over; retried until it works."""
+    async def _ack_until_done(
+        self, wc: _WorkerChannel, ids: Sequence[bytes]
+    ) -> set[bytes]:
+        """Take at-most-once entries (acknowledge and delete) before handing them over.
+
+        Retried until it works. Returns the ids that are this process's to
+        deliver: never one that another process claimed meanwhile, so an
+        entry is never delivered twice.
+        """
         failures = 0
+        started = self._now()
         while True:
             try:
-                await self._run(wc.shard, "acknowledging", "ack", [wc.key], ids)
+                reply = await self._run(
+                    wc.shard, "acknowledging", "take", [wc.key], [self._proc, *ids]
+                )
             except LayerConnectionError as exc:
                 self._note_down(f"channel {wc.name}", wc.shard, exc)
                 await anyio.sleep(_backoff(failures))
                 failures += 1
-            else:
-                if failures:
-                    self._note_up(f"channel {wc.name}", wc.shard)
-                return
+                continue
+            if failures:
+                self._note_up(f"channel {wc.name}", wc.shard)
+            # "No longer pending" after a retry: our lost attempt took it, unless
+            # it has been idle long enough for another process to claim it.
+            ours_if_gone = (
+                failures > 0 and self._now() - started < self.visibility_timeout
+            )
+            taken = {
+                entry_id
+                for entry_id, status in zip(ids, cast("list[int]", reply), strict=True)
+                if status == 1 or (status == 0 and ours_if_gone)
+            }
+            if len(taken) < len(ids):
+                _log.info(
+                    "%d message(s) of %s fetched by this process were taken over "
+                    "by another process (or flushed) before this one could take them",
+                    len(ids) - len(taken),
+                    wc.name,
+                )
+            return taken
 
     async def _requeue(self, wc: _WorkerChannel, items: Sequence[_Item]) -> None:
         """Append stranded at-most-once messages to their stream again (order is lost)."""
