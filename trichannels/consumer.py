@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -246,7 +247,7 @@ class AsyncConsumer:
         self._busy = False
         self._layer_scope: anyio.CancelScope | None = None
         self._protocol_scope: anyio.CancelScope | None = None
-        self._grace_over = False
+        self._grace_deadline = math.inf
 
     # -- construction ----------------------------------------------------------
 
@@ -332,11 +333,11 @@ class AsyncConsumer:
 
     async def _dispatch_loop(self, inbox: _Inbox) -> None:
         # Events queued before a disconnect are still dispatched, in order, until
-        # the grace period after the disconnect runs out; then _end_grace()
-        # cancels this loop (and the busy handler with it), the rest are dropped,
-        # and the disconnect handler runs. One cancel scope per instance, not per
-        # event: this loop is the per-message hot path.
-        with anyio.CancelScope() as self._loop_scope:
+        # the grace period after the disconnect runs out: _notice_disconnect()
+        # sets this scope's deadline, which then cancels the busy handler; the
+        # rest are dropped and the disconnect handler runs. One cancel scope per
+        # instance, not per event, and no timer task: this is the hot path.
+        with anyio.CancelScope(deadline=self._grace_deadline) as self._loop_scope:
             while True:
                 try:
                     from_layer, message = await inbox.get()
@@ -352,6 +353,15 @@ class AsyncConsumer:
                         await self.base_send(_HANDLED)
                 self._busy = False
         self._loop_scope = None
+        busy, self._busy = self._busy, False
+        if busy and self._grace_deadline != -math.inf:
+            logger.warning(
+                "%s: handler still running %ss after the client disconnected from %s %s; cancelled",
+                type(self).__qualname__,
+                self.close_timeout,
+                self.scope.get("type"),
+                self.scope.get("path"),
+            )
 
         # The returns below follow the loop, which always awaited inbox.get() at
         # least once; a checkpoint here would be one more per instance for nothing.
@@ -425,29 +435,21 @@ class AsyncConsumer:
             # A disconnect noticed elsewhere (synthesized after a close the server
             # never confirmed) also stops reading the server, so the queue drains.
             self._protocol_scope.cancel()
-        if self._task_group is not None:
-            self._task_group.start_soon(self._end_grace_period)
-
-    async def _end_grace_period(self) -> None:
-        await anyio.sleep(self.close_timeout)
-        if self._busy:
-            logger.warning(
-                "%s: handler still running %ss after the client disconnected from %s %s; cancelled",
-                type(self).__qualname__,
-                self.close_timeout,
-                self.scope.get("type"),
-                self.scope.get("path"),
+        self._grace_deadline = anyio.current_time() + self.close_timeout
+        if self._loop_scope is not None:
+            self._loop_scope.deadline = min(
+                self._loop_scope.deadline, self._grace_deadline
             )
-        self._end_grace()
 
     def _end_grace(self) -> None:
         """Stop dispatching now: cancel the busy handler, drop the queued events.
 
-        Called when the grace period after a disconnect runs out; subclasses for
-        protocols where nothing can reach the client any more (HTTP) call it as
-        soon as the disconnect is noticed. The disconnect handler still runs.
+        Runs by itself when the grace period after a disconnect runs out;
+        subclasses for protocols where nothing can reach the client any more
+        (HTTP) call it as soon as the disconnect is noticed. The disconnect
+        handler still runs.
         """
-        self._grace_over = True
+        self._grace_deadline = -math.inf
         if self._loop_scope is not None:
             self._loop_scope.cancel()
 
