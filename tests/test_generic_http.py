@@ -74,7 +74,11 @@ async def test_send_response_with_headers() -> None:
         await comm.wait()
     assert response == {
         "status": 200,
-        "headers": [(b"content-type", b"application/octet-stream"), (b"x-len", b"5")],
+        "headers": [
+            (b"content-type", b"application/octet-stream"),
+            (b"x-len", b"5"),
+            (b"content-length", b"5"),
+        ],
         "body": b"hello",
     }
     assert Echo.disconnects == ["/echo/"]
@@ -228,7 +232,8 @@ async def test_streamed_body_over_limit_gets_413_without_reading_the_rest() -> N
     assert send.status == 413
     assert send.body == b"Request body exceeds the limit of 10240 bytes"
     assert send.messages[0]["headers"] == [
-        (b"content-type", b"text/plain; charset=utf-8")
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", b"45"),
     ]
     # 11 chunks cross the limit; at most max_pending_events (2) + 1 more are read ahead.
     assert 11 <= receive.pulled <= 14
@@ -1018,3 +1023,17 @@ def test_runs_on_asyncio_too(backend: str) -> None:
     outputs = anyio.run(main, backend=backend)
     assert [m.get("body") for m in outputs] == [None, b"ab"]
     assert log == ["stream cancelled", "disconnect"]
+
+
+async def test_send_response_keeps_an_explicit_content_length() -> None:
+    """send_response adds content-length only when the caller did not give one."""
+
+    class Sized(AsyncHttpConsumer):
+        channel_layer_alias = None
+
+        async def handle(self, body: bytes) -> None:
+            await self.send_response(200, b"abc", headers=[(b"content-length", b"3")])
+
+    async with HttpCommunicator(Sized.as_asgi(), "GET", "/") as comm:
+        response = await comm.get_response()
+    assert response["headers"] == [(b"content-length", b"3")]

@@ -97,14 +97,27 @@ class _Home:
     stdlib joins it at interpreter exit if it was never shut down.
     """
 
+    __slots__ = ("_executor", "closed", "name")
+
     def __init__(self, name: str) -> None:
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
-        self.used = False
+        self.name = name
+        self._executor: ThreadPoolExecutor | None = None  # created on first use
         self.closed = False
 
+    @property
+    def used(self) -> bool:
+        return self._executor is not None
+
     def submit(self, call: _Call) -> None:
-        self.used = True
-        self.executor.submit(call.run)
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix=self.name
+            )
+        self._executor.submit(call.run)
+
+    def shutdown(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
 
 
 _PROCESS_HOME = _Home("trichannels-sync")
@@ -167,7 +180,7 @@ class ThreadSensitiveContext:
             home.submit(drain)
             with anyio.CancelScope(shield=True):
                 await drain.result()
-        home.executor.shutdown(wait=True)
+        home.shutdown()
 
 
 def _noop() -> None:

@@ -383,6 +383,9 @@ class AsyncHttpConsumer(AsyncConsumer):
         encoded = _encode_headers(headers)
         body_message = {"type": "http.response.body", "body": body, "more_body": False}
         validate_outgoing("http", body_message)
+        if not any(name == b"content-length" for name, _ in encoded):
+            # The whole body is known: saves the server a chunked encoding.
+            encoded.append((b"content-length", str(len(body)).encode("ascii")))
         await self.send(
             {"type": "http.response.start", "status": status, "headers": encoded}
         )
