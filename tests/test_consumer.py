@@ -696,3 +696,40 @@ async def test_undispatched_layer_messages_are_counted_as_dropped(
     # One is being handled (cancelled), one waits in the queue, one is held by the reader.
     assert stats.messages_dropped == 2
     assert stats.queued_messages == 2
+
+
+async def test_layer_channel_is_read_only_once_its_name_is_used(
+    memory_layer: Any,
+) -> None:
+    """An instance that never reads channel_name parks no receiver on the layer."""
+
+    class Quiet(AsyncConsumer):
+        async def websocket_connect(self, message: Message) -> None:
+            await self.send({"type": "websocket.accept"})
+
+        async def websocket_receive(self, message: Message) -> None:
+            await self.send({"type": "websocket.send", "text": self.channel_name})
+
+        async def chat_message(self, event: Message) -> None:
+            await self.send({"type": "websocket.send", "text": event["text"]})
+
+    async with ApplicationCommunicator(Quiet(), SCOPE) as comm:
+        await comm.send_input({"type": "websocket.connect"})
+        await comm.receive_output()
+        await trio.testing.wait_all_tasks_blocked()
+        assert memory_layer.statistics().channels == 0
+        await comm.send_input({"type": "websocket.receive", "text": "name?"})
+        channel = (await comm.receive_output())["text"]
+        await trio.testing.wait_all_tasks_blocked()
+        assert memory_layer.statistics().channels == 1
+        await memory_layer.send(channel, {"type": "chat.message", "text": "reached"})
+        assert (await comm.receive_output())["text"] == "reached"
+
+
+def test_channel_name_outside_an_instance() -> None:
+    """channel_name before the instance runs (or without a layer) is a clear AttributeError."""
+    with pytest.raises(
+        AttributeError,
+        match=r"^Recorder\.channel_name is only set while the instance runs with a channel layer",
+    ):
+        Recorder().channel_name  # noqa: B018

@@ -159,6 +159,10 @@ class _Inbox:
         self._items.append(item)
         self._wake_getter()
 
+    def add_producer(self) -> None:
+        """One more producer will put items (and close when done)."""
+        self._producers += 1
+
     def close_producer(self) -> None:
         """One producer is done; ``get`` raises EndOfStream once all are and the queue is empty."""
         self._producers -= 1
@@ -228,10 +232,13 @@ class AsyncConsumer:
     layer_event_handlers: ClassVar[frozenset[str] | None] = None
 
     _reserved_cache: ClassVar[frozenset[str] | None] = None
+    # Sync handlers read channel_name in a worker thread, where no task can be
+    # started: SyncConsumer reads its channel from the start.
+    _eager_layer_reader: ClassVar[bool] = False
 
     scope: Scope
     channel_layer: BaseChannelLayer | None
-    channel_name: str
+    _channel_name: str
     base_send: Send
 
     def __init__(self, **kwargs: Any) -> None:
@@ -248,6 +255,7 @@ class AsyncConsumer:
         self._layer_scope: anyio.CancelScope | None = None
         self._protocol_scope: anyio.CancelScope | None = None
         self._grace_deadline = math.inf
+        self._layer_reader_started = False
 
     # -- construction ----------------------------------------------------------
 
@@ -283,12 +291,48 @@ class AsyncConsumer:
         layer = self._attach_layer()
         if layer is not None:
             self.channel_layer = layer
-            self.channel_name = await layer.new_channel()
+            self._channel_name = await layer.new_channel()
         async with ThreadSensitiveContext():
             await self._run(receive, layer)
         if self._error is not None:
             error, self._error = self._error, None
             raise error
+
+    @property
+    def channel_name(self) -> str:
+        """This instance's channel on the layer; other code sends to it or adds it to groups.
+
+        The instance starts reading the channel the first time the name is read
+        (nothing can address the channel before anyone knows its name), so an
+        instance that never uses its layer costs no reader task.
+
+        Raises:
+            AttributeError: the instance is not running with a channel layer.
+        """
+        try:
+            name = self._channel_name
+        except AttributeError:
+            raise AttributeError(
+                f"{type(self).__qualname__}.channel_name is only set while the instance "
+                "runs with a channel layer (channel_layer_alias is None or not configured)"
+            ) from None
+        if not self._layer_reader_started:
+            self._start_layer_reader()
+        return name
+
+    def _start_layer_reader(self) -> None:
+        tg, layer = self._task_group, self.channel_layer
+        if (
+            self._layer_reader_started
+            or tg is None
+            or layer is None
+            or self._stopping
+            or self._disconnect_message is not None
+        ):
+            return
+        self._layer_reader_started = True
+        self._inbox.add_producer()
+        tg.start_soon(self._read_layer, layer, self._inbox)
 
     def _attach_layer(self) -> BaseChannelLayer | None:
         alias = self.channel_layer_alias
@@ -299,15 +343,16 @@ class AsyncConsumer:
         return channel_layers.lookup(alias)
 
     async def _run(self, receive: Receive, layer: BaseChannelLayer | None) -> None:
-        inbox = _Inbox(self.max_pending_events, producers=1 if layer is None else 2)
+        inbox = _Inbox(self.max_pending_events, producers=1)
+        self._inbox = inbox
         try:
             async with anyio.create_task_group() as tg:
                 self._task_group = tg
                 if self.scope.get("type") == "websocket":
                     _live_websockets.add(self)
                 tg.start_soon(self._read_protocol, receive, inbox)
-                if layer is not None:
-                    tg.start_soon(self._read_layer, layer, inbox)
+                if layer is not None and self._eager_layer_reader:
+                    self._start_layer_reader()
                 try:
                     await self._dispatch_loop(inbox)
                 except StopConsumer:
@@ -405,7 +450,7 @@ class AsyncConsumer:
                     return  # noqa: ASYNC910 - a task body
                 try:
                     while True:
-                        message = await layer.receive(self.channel_name)
+                        message = await layer.receive(self._channel_name)
                         try:
                             await inbox.put((True, message))
                         except BaseException:
@@ -416,7 +461,7 @@ class AsyncConsumer:
                                 "the instance ended",
                                 type(self).__qualname__,
                                 message.get("type"),
-                                self.channel_name,
+                                self._channel_name,
                             )
                             raise
                 except Exception as exc:
@@ -461,7 +506,7 @@ class AsyncConsumer:
                 "%s: dropped %d undispatched channel-layer message(s) for %s: the instance ended",
                 type(self).__qualname__,
                 dropped,
-                self.channel_name,
+                self._channel_name,
             )
 
     def _fail(self, exc: Exception) -> None:
@@ -606,6 +651,8 @@ class SyncConsumer(AsyncConsumer):
     :func:`trichannels.sync.async_to_sync` to call async APIs such as
     ``self.channel_layer.group_send``.
     """
+
+    _eager_layer_reader = True
 
     async def _call_handler(
         self, handler: Callable[[Message], Any], message: Message
