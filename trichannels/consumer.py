@@ -223,7 +223,6 @@ class AsyncConsumer:
             messages may reach (a strict allowlist).
         scope: the connection scope.
         channel_layer: the attached layer, or ``None``.
-        channel_name: this instance's layer channel (only when a layer is attached).
     """
 
     channel_layer_alias: ClassVar[str | None] = "default"
