@@ -230,6 +230,17 @@ class InMemoryChannelLayer(BaseChannelLayer):
                 if not groups:
                     del self._member_of[channel]
 
+    def _open_now(self, ll: Any) -> float:
+        """Raise if closed; return the current time after expiring what is due."""
+        if self._closed:
+            self._check_open()
+        now: float = (
+            ll.current_time() if self._custom_clock is None else self._custom_clock()
+        )
+        if now >= self._next_due:
+            self._sweep(now)
+        return now
+
     def _sweep(self, now: float) -> None:
         """Expire what is due: channel heads and memberships; called only when something is."""
         heap = self._heap
@@ -292,11 +303,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         copy = self._copy(message)
         ll = _lowlevel()
         await ll.checkpoint_if_cancelled()
-        if self._closed:
-            self._check_open()
-        now = ll.current_time() if self._custom_clock is None else self._custom_clock()
-        if now >= self._next_due:
-            self._sweep(now)
+        now = self._open_now(ll)
         ch = self._channels.get(channel)
         if ch is None:
             ch = self._channels[channel] = _Channel(channel, self.get_capacity(channel))
@@ -318,11 +325,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         require_valid_channel_name(channel)
         ll = _lowlevel()
         await ll.checkpoint_if_cancelled()
-        if self._closed:
-            self._check_open()
-        now = ll.current_time() if self._custom_clock is None else self._custom_clock()
-        if now >= self._next_due:
-            self._sweep(now)
+        now = self._open_now(ll)
         ch = self._channels.get(channel)
         if ch is not None:
             queue = ch.queue
@@ -383,11 +386,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         require_valid_channel_name(channel)
         ll = _lowlevel()
         await ll.checkpoint_if_cancelled()
-        if self._closed:
-            self._check_open()
-        now = ll.current_time() if self._custom_clock is None else self._custom_clock()
-        if now >= self._next_due:
-            self._sweep(now)
+        now = self._open_now(ll)
         members = self._groups.setdefault(group, {})
         if channel not in members:
             self._members += 1
@@ -450,11 +449,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         copy, cloner = self._shared(self._copy(message))
         ll = _lowlevel()
         await ll.checkpoint_if_cancelled()
-        if self._closed:
-            self._check_open()
-        now = ll.current_time() if self._custom_clock is None else self._custom_clock()
-        if now >= self._next_due:
-            self._sweep(now)
+        now = self._open_now(ll)
         self._group_put(group, copy, cloner, now)
         await ll.cancel_shielded_checkpoint()
 
@@ -471,11 +466,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         ]
         ll = _lowlevel()
         await ll.checkpoint_if_cancelled()
-        if self._closed:
-            self._check_open()
-        now = ll.current_time() if self._custom_clock is None else self._custom_clock()
-        if now >= self._next_due:
-            self._sweep(now)
+        now = self._open_now(ll)
         expires = now + self.expiry
         first_full: ChannelFull | None = None
         for channel, copy in pairs:
@@ -498,11 +489,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         ]
         ll = _lowlevel()
         await ll.checkpoint_if_cancelled()
-        if self._closed:
-            self._check_open()
-        now = ll.current_time() if self._custom_clock is None else self._custom_clock()
-        if now >= self._next_due:
-            self._sweep(now)
+        now = self._open_now(ll)
         for group, copy, cloner in prepared:
             self._group_put(group, copy, cloner, now)
         await ll.cancel_shielded_checkpoint()
