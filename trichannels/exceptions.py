@@ -109,7 +109,18 @@ class MessageTooLarge(ChannelLayerError):
         super().__init__(f"message of {size} bytes exceeds the limit of {limit} bytes")
 
 
-class InvalidChannelName(ChannelLayerError, ValueError):
+class _InvalidName(ChannelLayerError, ValueError):
+    """Shared shape of the two name errors: the value, the rule, one message."""
+
+    _kind = "name"
+
+    def __init__(self, name: object, reason: str) -> None:
+        self.name = name
+        self.reason = reason
+        super().__init__(f"invalid {self._kind} name {name!r}: {reason}")
+
+
+class InvalidChannelName(_InvalidName):
     """A channel name breaks the naming rules.
 
     Attributes:
@@ -117,13 +128,10 @@ class InvalidChannelName(ChannelLayerError, ValueError):
         reason: which rule it breaks.
     """
 
-    def __init__(self, name: object, reason: str) -> None:
-        self.name = name
-        self.reason = reason
-        super().__init__(f"invalid channel name {name!r}: {reason}")
+    _kind = "channel"
 
 
-class InvalidGroupName(ChannelLayerError, ValueError):
+class InvalidGroupName(_InvalidName):
     """A group name breaks the naming rules.
 
     Attributes:
@@ -131,10 +139,7 @@ class InvalidGroupName(ChannelLayerError, ValueError):
         reason: which rule it breaks.
     """
 
-    def __init__(self, name: object, reason: str) -> None:
-        self.name = name
-        self.reason = reason
-        super().__init__(f"invalid group name {name!r}: {reason}")
+    _kind = "group"
 
 
 class InvalidMessage(ChannelLayerError, ValueError):
