@@ -360,7 +360,14 @@ def main() -> None:
                "python bench/run.py --scenarios S1,S5 --rounds 5\n"
                "bench/.venv-channels/bin/python bench/report.py   # regenerate README.md + results/summary.png\n"
                "python bench/profile.py tri-hypercorn S1  # py-spy profile of one target under one scenario's load\n```\n")
-    out.append("Runs used: " + ", ".join(f"{sc} ← `results/run-{rid}.jsonl`" for sc, (rid, _) in chosen.items())
+    def lib(sc: str) -> str:
+        rid, recs = chosen[sc]
+        v = next((r.get("trichannels") for r in recs if r.get("kind") == "scenario_start" and r.get("scenario") == sc),
+                 None) or next((r.get("versions", {}).get("trichannels") for r in recs if r.get("kind") == "run"), "?")
+        return f"trichannels `{v}`"
+
+    out.append("Runs used: " + ", ".join(f"{sc} ← `results/run-{rid}.jsonl` ({lib(sc)})"
+                                         for sc, (rid, _) in chosen.items())
                + (" (**quick run**: short windows; indicative only)" if any(rid.endswith("-quick") for rid in used) else "")
                + "\n")
 

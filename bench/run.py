@@ -52,6 +52,7 @@ from servers import (  # noqa: E402
     SERVER_CPU,
     TARGETS,
     Server,
+    library_version,
     machine,
     versions,
 )
@@ -454,7 +455,9 @@ def main() -> int:
             ctx.log(f"  {client:22s} {fmt_rate(res['rate']):>7s} msgs/s at {res.get('client_util', 0):.0%} of its core "
                     f"({res['client_us_per_msg']:.1f} µs/msg -> ceiling {fmt_rate(res['client_ceiling'])} msgs/s)")
     for s in scenarios:
-        ctx.log(f"== {s} ==")
+        lib = library_version()
+        ctx.log(f"== {s} == (trichannels {lib})")
+        ctx.record(kind="scenario_start", scenario=s, trichannels=lib)
         t = time.monotonic()
         SCENARIOS[s](ctx)
         ctx.record(kind="scenario_done", scenario=s, seconds=time.monotonic() - t, loadavg=os.getloadavg())

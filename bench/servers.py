@@ -214,6 +214,21 @@ class Server:
         self.stop()
 
 
+def library_version() -> str:
+    """git HEAD of the work tree plus how many files under trichannels/ differ from it.
+
+    Other people commit while the suite runs, and servers import the work tree, so this
+    is recorded when each scenario starts (its servers start then)."""
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "trichannels"],
+                               capture_output=True, text=True, timeout=10).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + (f" + {len(dirty)} uncommitted file(s) in trichannels/" if dirty else "")
+
+
 def versions() -> dict[str, str]:
     """Versions of every moving part, from both venvs, node, ws, wrk and Redis."""
     out: dict[str, str] = {"python": sys.version.split()[0]}
@@ -241,12 +256,7 @@ def versions() -> dict[str, str]:
     for k, v in freeze(CHANNELS_VENV / "bin" / "python", dj_names).items():
         out[f"channels-venv:{k}"] = v
     try:
-        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "trichannels"],
-                               capture_output=True, text=True).stdout.splitlines()
-        out["trichannels"] = head + (f" + {len(dirty)} uncommitted file(s) in trichannels/ (work tree as run)"
-                                     if dirty else "")
+        out["trichannels"] = library_version()
     except OSError:
         pass
     for name, argv in {"node": ["node", "--version"], "redis": ["redis-server", "--version"],
