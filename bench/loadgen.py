@@ -1,3 +1,5 @@
+# ruff: noqa: RUF002
+
 """Load generators: the Node `ws` client (bench/loadgen.js) and wrk, pinned to the client core.
 
 Python drives them; the heavy lifting is done by Node (``ws``) for WebSockets and by
@@ -30,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from servers import BENCH, CLIENT_CPU, TARGETS, Server  # noqa: E402
+from servers import BENCH, CLIENT_CPU, TARGETS, Server
 
 LOADGEN_JS = BENCH / "loadgen.js"
 
@@ -48,15 +50,33 @@ def run_ws(
     **options: Any,
 ) -> dict[str, Any]:
     """Run loadgen.js once; call ``on_event(name, event)`` as events arrive; return its result."""
-    argv = ["taskset", "-c", CLIENT_CPU, "node", str(LOADGEN_JS), "--mode", mode, "--url", url,
-            "--time-limit", str(time_limit)]
+    argv = [
+        "taskset",
+        "-c",
+        CLIENT_CPU,
+        "node",
+        str(LOADGEN_JS),
+        "--mode",
+        mode,
+        "--url",
+        url,
+        "--time-limit",
+        str(time_limit),
+    ]
     for key, value in options.items():
         if value is None:
             continue
         argv += [f"--{key.replace('_', '-')}", str(value)]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, bufsize=1)
-    assert proc.stdout is not None and proc.stdin is not None
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+    )
+    assert proc.stdout is not None
+    assert proc.stdin is not None
     result: dict[str, Any] | None = None
     error: str | None = None
     try:
@@ -82,7 +102,9 @@ def run_ws(
             proc.wait()
     if result is None:
         stderr = proc.stderr.read() if proc.stderr else ""
-        raise LoadgenError(f"loadgen {mode} {url} gave no result (exit {proc.returncode}): {error or ''} {stderr[-800:]}")
+        raise LoadgenError(
+            f"loadgen {mode} {url} gave no result (exit {proc.returncode}): {error or ''} {stderr[-800:]}"
+        )
     if result.get("client_cpu_s") and result.get("messages", result.get("deliveries")):
         n = result.get("messages") or result.get("deliveries")
         result["client_us_per_msg"] = result["client_cpu_s"] / n * 1e6
@@ -100,12 +122,25 @@ def _duration_us(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def run_wrk(url: str, *, connections: int, duration: float, threads: int = 1) -> dict[str, Any]:
+def run_wrk(
+    url: str, *, connections: int, duration: float, threads: int = 1
+) -> dict[str, Any]:
     """Run wrk pinned to the client core; return requests, rate, p50/p99 (µs), errors, client CPU."""
     if shutil.which("wrk") is None:
         raise LoadgenError("wrk is not installed (bench/setup.sh installs it)")
-    argv = ["taskset", "-c", CLIENT_CPU, "wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s",
-            "--latency", "--timeout", "5s", url]
+    argv = [
+        "taskset",
+        "-c",
+        CLIENT_CPU,
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{duration}s",
+        "--latency",
+        "--timeout",
+        "5s",
+        url,
+    ]
     t0 = time.perf_counter()
     r = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
     wall = time.perf_counter() - t0
@@ -119,9 +154,13 @@ def run_wrk(url: str, *, connections: int, duration: float, threads: int = 1) ->
     for pct, key in (("50%", "p50_us"), ("99%", "p99_us")):
         mm = re.search(rf"^\s+{re.escape(pct)}\s+(\S+)", out, re.M)
         res[key] = round(_duration_us(mm.group(1))) if mm else None
-    errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errs = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    )
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    res["errors"] = (sum(map(int, errs.groups())) if errs else 0) + (int(non2xx.group(1)) if non2xx else 0)
+    res["errors"] = (sum(map(int, errs.groups())) if errs else 0) + (
+        int(non2xx.group(1)) if non2xx else 0
+    )
     return res
 
 
@@ -154,17 +193,33 @@ async def main():
         n.cancel_scope.cancel()
 trio.run(main)
 """
-    from servers import PROJECT_VENV  # noqa: PLC0415
+    from servers import PROJECT_VENV
 
-    r = subprocess.run(["taskset", "-c", CLIENT_CPU, str(PROJECT_VENV / "bin" / "python"), "-c", code,
-                        url, str(clients), str(duration)], capture_output=True, text=True, timeout=duration + 60)
+    r = subprocess.run(
+        [
+            "taskset",
+            "-c",
+            CLIENT_CPU,
+            str(PROJECT_VENV / "bin" / "python"),
+            "-c",
+            code,
+            url,
+            str(clients),
+            str(duration),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=duration + 60,
+    )
     res = json.loads(r.stdout.strip().splitlines()[-1])
     res["client_us_per_msg"] = res["client_cpu_s"] / max(res["messages"], 1) * 1e6
     res["client_ceiling"] = res["messages"] / max(res["client_cpu_s"], 1e-9)
     return res
 
 
-def measure_ceiling(duration: float = 5.0, clients: int = 50, with_python: bool = True) -> dict[str, Any]:
+def measure_ceiling(
+    duration: float = 5.0, clients: int = 50, with_python: bool = True
+) -> dict[str, Any]:
     """Echo against the bare ASGI function on uvicorn (the fastest server here), both clients."""
     out: dict[str, Any] = {}
     with Server(TARGETS["floor-uvicorn"]) as srv:
@@ -174,7 +229,14 @@ def measure_ceiling(duration: float = 5.0, clients: int = 50, with_python: bool 
             if name in ("measure_start", "measure_end"):
                 marks[name] = srv.cpu()
 
-        node = run_ws("echo", srv.url("/echo"), on_event=on_event, clients=clients, warmup=2, duration=duration)
+        node = run_ws(
+            "echo",
+            srv.url("/echo"),
+            on_event=on_event,
+            clients=clients,
+            warmup=2,
+            duration=duration,
+        )
         node["server_cpu_s"] = marks["measure_end"] - marks["measure_start"]
         node["server_util"] = node["server_cpu_s"] / node["wall_s"]
         node["client_util"] = node["client_cpu_s"] / node["wall_s"]
@@ -182,20 +244,31 @@ def measure_ceiling(duration: float = 5.0, clients: int = 50, with_python: bool 
         if with_python:
             c0 = srv.cpu()
             py = _trio_websocket_echo(srv.url("/echo"), clients, duration)
-            py["server_cpu_s"] = srv.cpu() - c0  # includes its 1 s warm-up: an upper bound
+            py["server_cpu_s"] = (
+                srv.cpu() - c0
+            )  # includes its 1 s warm-up: an upper bound
             py["client_util"] = py["client_cpu_s"] / py["wall_s"]
             out["python-trio-websocket"] = py
     return out
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("ceiling", help="measure the load generator's own ceiling against bare ASGI echo on uvicorn")
+    c = sub.add_parser(
+        "ceiling",
+        help="measure the load generator's own ceiling against bare ASGI echo on uvicorn",
+    )
     c.add_argument("--duration", type=float, default=5.0)
-    c.add_argument("--no-python", action="store_true", help="skip the trio-websocket comparison")
+    c.add_argument(
+        "--no-python", action="store_true", help="skip the trio-websocket comparison"
+    )
     for mode in ("echo", "broadcast", "churn", "idle"):
-        p = sub.add_parser(mode, help=f"run loadgen.js in {mode} mode against a running server")
+        p = sub.add_parser(
+            mode, help=f"run loadgen.js in {mode} mode against a running server"
+        )
         p.add_argument("--url", required=True)
         p.add_argument("--clients", type=int)
         p.add_argument("--warmup", type=float)
@@ -206,9 +279,15 @@ def main() -> None:
         p.add_argument("--concurrency", type=int)
     args = ap.parse_args()
     if args.cmd == "ceiling":
-        print(json.dumps(measure_ceiling(args.duration, with_python=not args.no_python), indent=2))
+        print(
+            json.dumps(
+                measure_ceiling(args.duration, with_python=not args.no_python), indent=2
+            )
+        )
         return
-    opts = {k: v for k, v in vars(args).items() if k not in ("cmd", "url") and v is not None}
+    opts = {
+        k: v for k, v in vars(args).items() if k not in ("cmd", "url") and v is not None
+    }
     print(json.dumps(run_ws(args.cmd, args.url, **opts), indent=2))
 
 

@@ -24,13 +24,26 @@ import tracemalloc
 from collections import Counter
 from pathlib import Path
 
+from servers import CLIENT_CPU, free_port, rss_bytes
+
 BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH), str(BENCH.parent)]
 
-from servers import CLIENT_CPU, free_port, rss_bytes  # noqa: E402
 
-PARTS = ["trichannels", "hypercorn", "wsproto", "h11", "trio", "anyio", "outcome", "apps", "asyncio", "contextlib",
-         "json", "logging"]
+PARTS = [
+    "trichannels",
+    "hypercorn",
+    "wsproto",
+    "h11",
+    "trio",
+    "anyio",
+    "outcome",
+    "apps",
+    "asyncio",
+    "contextlib",
+    "json",
+    "logging",
+]
 
 
 def part(filename: str) -> str:
@@ -38,13 +51,17 @@ def part(filename: str) -> str:
     for p in PARTS:
         if f"/{p}/" in f or f.endswith(f"/{p}.py"):
             if p == "trichannels":
-                return "trichannels." + f.split("/trichannels/", 1)[1].removesuffix(".py").replace("/", ".")
+                return "trichannels." + f.split("/trichannels/", 1)[1].removesuffix(
+                    ".py"
+                ).replace("/", ".")
             return p
     return Path(f).name
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--app", choices=["tri", "floor"], default="tri")
     ap.add_argument("--clients", type=int, default=2000)
     ap.add_argument("--frames", type=int, default=16)
@@ -52,14 +69,14 @@ def main() -> None:
     os.environ.setdefault("TRI_LAYER", "memory")
     tracemalloc.start(args.frames)
 
-    import trio  # noqa: PLC0415
-    from hypercorn.config import Config  # noqa: PLC0415
-    from hypercorn.trio import serve  # noqa: PLC0415
+    import trio
+    from hypercorn.config import Config
+    from hypercorn.trio import serve
 
     if args.app == "tri":
-        from apps.tri import application  # noqa: PLC0415
+        from apps.tri import application
     else:
-        from apps.floor import application  # noqa: PLC0415
+        from apps.floor import application
 
     port = free_port()
     config = Config()
@@ -69,15 +86,30 @@ def main() -> None:
 
     async def drive(cancel: trio.CancelScope) -> None:
         await trio.sleep(1.0)
-        import gc  # noqa: PLC0415
+        import gc
 
         gc.collect()
         before = tracemalloc.take_snapshot()
         rss0 = rss_bytes(os.getpid())
         proc = await trio.lowlevel.open_process(
-            ["taskset", "-c", CLIENT_CPU, "node", str(BENCH / "loadgen.js"), "--mode", "idle", "--url",
-             f"ws://127.0.0.1:{port}/echo", "--clients", str(args.clients), "--time-limit", "120"],
-            stdout=subprocess.PIPE, stdin=subprocess.PIPE)
+            [
+                "taskset",
+                "-c",
+                CLIENT_CPU,
+                "node",
+                str(BENCH / "loadgen.js"),
+                "--mode",
+                "idle",
+                "--url",
+                f"ws://127.0.0.1:{port}/echo",
+                "--clients",
+                str(args.clients),
+                "--time-limit",
+                "120",
+            ],
+            stdout=subprocess.PIPE,
+            stdin=subprocess.PIPE,
+        )
         buf = b""
         while b'"opened"' not in buf:
             chunk = await proc.stdout.receive_some()
@@ -99,10 +131,17 @@ def main() -> None:
                 continue
             total += st.size_diff
             owner = None
-            frames = list(reversed(st.traceback))  # tracemalloc lists the oldest frame first
+            frames = list(
+                reversed(st.traceback)
+            )  # tracemalloc lists the oldest frame first
             for fr in frames:
                 p = part(fr.filename)
-                if p.startswith("trichannels") or p in ("hypercorn", "wsproto", "h11", "apps"):
+                if p.startswith("trichannels") or p in (
+                    "hypercorn",
+                    "wsproto",
+                    "h11",
+                    "apps",
+                ):
                     owner = f"{p} ({Path(fr.filename).name}:{fr.lineno})"
                     by_part[p] += st.size_diff
                     break
@@ -112,11 +151,16 @@ def main() -> None:
                 by_part["(no named owner) " + p] += st.size_diff
             by_site[owner] += st.size_diff
         n = args.clients
-        report.update({
-            "app": args.app, "clients": n, "rss_per_conn": (rss1 - rss0) / n, "traced_per_conn": total / n,
-            "by_part": {k: v / n for k, v in by_part.most_common()},
-            "top_sites": {k: v / n for k, v in by_site.most_common(25)},
-        })
+        report.update(
+            {
+                "app": args.app,
+                "clients": n,
+                "rss_per_conn": (rss1 - rss0) / n,
+                "traced_per_conn": total / n,
+                "by_part": {k: v / n for k, v in by_part.most_common()},
+                "top_sites": {k: v / n for k, v in by_site.most_common(25)},
+            }
+        )
         cancel.cancel()
 
     async def run() -> None:
@@ -125,9 +169,13 @@ def main() -> None:
             await serve(application, config)
 
     trio.run(run)
-    print(f"## {report['app']}: {report['clients']} idle WebSockets on Hypercorn-trio (tracemalloc)\n")
-    print(f"RSS per connection {report['rss_per_conn'] / 1024:.1f} KB (inflated by tracemalloc's own bookkeeping); Python allocations alive per connection "
-          f"{report['traced_per_conn'] / 1024:.1f} KB\n")
+    print(
+        f"## {report['app']}: {report['clients']} idle WebSockets on Hypercorn-trio (tracemalloc)\n"
+    )
+    print(
+        f"RSS per connection {report['rss_per_conn'] / 1024:.1f} KB (inflated by tracemalloc's own bookkeeping); Python allocations alive per connection "
+        f"{report['traced_per_conn'] / 1024:.1f} KB\n"
+    )
     print("| owner (innermost named frame) | bytes per connection |\n|---|---|")
     for k, v in report["by_part"].items():
         if v >= 16:
@@ -137,7 +185,9 @@ def main() -> None:
         if v >= 16:
             print(f"| `{k}` | {v:,.0f} |")
     (BENCH / "results" / "profiles").mkdir(parents=True, exist_ok=True)
-    (BENCH / "results" / "profiles" / f"mem-{args.app}.json").write_text(json.dumps(report, indent=1))
+    (BENCH / "results" / "profiles" / f"mem-{args.app}.json").write_text(
+        json.dumps(report, indent=1)
+    )
 
 
 if __name__ == "__main__":

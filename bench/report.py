@@ -1,3 +1,5 @@
+# ruff: noqa: RUF001
+
 """Regenerate bench/README.md (and bench/results/summary.png) from bench/results/run-*.jsonl.
 
     bench/.venv-channels/bin/python bench/report.py            # latest full run of each scenario
@@ -58,9 +60,19 @@ def load_runs() -> dict[str, list[dict[str, Any]]]:
     return runs
 
 
-def pick(runs: dict[str, list[dict[str, Any]]], scenario: str, include_quick: bool, only: str | None) -> str | None:
-    cands = [rid for rid, recs in runs.items()
-             if any(r.get("kind") == "result" and r.get("scenario") == scenario for r in recs)]
+def pick(
+    runs: dict[str, list[dict[str, Any]]],
+    scenario: str,
+    include_quick: bool,
+    only: str | None,
+) -> str | None:
+    cands = [
+        rid
+        for rid, recs in runs.items()
+        if any(
+            r.get("kind") == "result" and r.get("scenario") == scenario for r in recs
+        )
+    ]
     if only:
         return only if only in cands else None
     full = [rid for rid in cands if not rid.endswith("-quick")]
@@ -86,10 +98,16 @@ class Stat:
         return max(self.values) if self.values else None
 
 
-def group(recs: Iterable[dict[str, Any]], scenario: str, sub: str | None = None) -> dict[tuple[str, str], list[dict]]:
+def group(
+    recs: Iterable[dict[str, Any]], scenario: str, sub: str | None = None
+) -> dict[tuple[str, str], list[dict]]:
     out: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in recs:
-        if r.get("kind") == "result" and r.get("scenario") == scenario and r.get("sub") == sub:
+        if (
+            r.get("kind") == "result"
+            and r.get("scenario") == scenario
+            and r.get("sub") == sub
+        ):
             out[(r["target"], r["layer"])].append(r)
     return out
 
@@ -148,29 +166,214 @@ class Ratio:
 
 TRI_HYP, TRI_UV = "tri-hypercorn", "tri-uvicorn"
 RATIOS = [
-    Ratio("S1", None, "rate", (TRI_HYP, "memory"), ("floor-hypercorn", "none"), ">=", 0.85, "S1 echo msgs/s: trichannels / floor, Hypercorn-trio"),
-    Ratio("S1", None, "rate", (TRI_UV, "memory"), ("floor-uvicorn", "none"), ">=", 0.85, "S1 echo msgs/s: trichannels / floor, uvicorn"),
-    Ratio("S5", None, "rate", (TRI_HYP, "memory"), ("floor-hypercorn", "none"), ">=", 0.85, "S5 HTTP req/s: trichannels / floor, Hypercorn-trio"),
-    Ratio("S5", None, "rate", (TRI_UV, "memory"), ("floor-uvicorn", "none"), ">=", 0.85, "S5 HTTP req/s: trichannels / floor, uvicorn"),
-    Ratio("S2", "max", "rate", (TRI_HYP, "memory"), ("floor-hypercorn", "none"), ">=", 0.80, "S2 broadcast deliveries/s (memory): trichannels / floor, Hypercorn-trio"),
-    Ratio("S2", "max", "rate", (TRI_UV, "memory"), ("floor-uvicorn", "none"), ">=", 0.80, "S2 broadcast deliveries/s (memory): trichannels / floor, uvicorn"),
-    Ratio("S1", None, "rate", (TRI_HYP, "memory"), ("dj-daphne", "memory"), ">=", 1.4, "S1 echo: trichannels-Hypercorn-trio / Channels-daphne"),
-    Ratio("S2", "max", "rate", (TRI_HYP, "memory"), ("dj-daphne", "memory"), ">=", 2.3, "S2 broadcast (memory): trichannels-Hypercorn-trio / Channels-daphne"),
-    Ratio("S2", "max", "rate", (TRI_HYP, "redis"), ("dj-daphne", "redis"), ">=", 3.0, "S2 broadcast (Redis): trichannels-Hypercorn-trio / Channels-daphne"),
-    Ratio("S4", None, "bytes_per_conn", (TRI_HYP, "memory"), ("dj-daphne", "memory"), "<=", 0.75, "S4 bytes per idle connection: trichannels-Hypercorn-trio / Channels-daphne"),
-    Ratio("S2", "fixed", "p99_us", (TRI_HYP, "memory"), ("dj-daphne", "memory"), "<=", 0.5, "S2 p99 at 2,000 deliveries/s (memory): trichannels-Hypercorn-trio / Channels-daphne"),
-    Ratio("S2", "fixed", "p99_us", (TRI_HYP, "redis"), ("dj-daphne", "redis"), "<=", 0.5, "S2 p99 at 2,000 deliveries/s (Redis): trichannels-Hypercorn-trio / Channels-daphne"),
-    Ratio("S1", None, "rate", (TRI_UV, "memory"), ("dj-uvicorn", "memory"), ">=", 2.0, "S1 echo: trichannels-uvicorn / Channels-uvicorn"),
-    Ratio("S2", "max", "rate", (TRI_UV, "memory"), ("dj-uvicorn", "memory"), ">=", 2.0, "S2 broadcast (memory): trichannels-uvicorn / Channels-uvicorn"),
-    Ratio("S2", "max", "rate", (TRI_UV, "redis"), ("dj-uvicorn", "redis"), ">=", 2.0, "S2 broadcast (Redis): trichannels-uvicorn / Channels-uvicorn"),
-    Ratio("S5", None, "rate", (TRI_UV, "memory"), ("dj-uvicorn", "memory"), ">=", 2.0, "S5 HTTP: trichannels-uvicorn / Channels-uvicorn"),
-    Ratio("S3", "group", "rate", ("tri-memory", "memory"), ("channels-memory", "memory"), ">=", 3.0, "S3 in-memory group deliveries/s: ours / Channels'"),
-    Ratio("S3", "pairs", "rate", ("tri-memory", "memory"), ("channels-memory", "memory"), ">=", 1.0, "S3 in-memory send+receive pairs/s: ours / Channels'"),
-    Ratio("S3", "pairs", "rate", ("tri-redis", "redis"), ("channels-redis", "redis"), ">=", 5.0, "S3 Redis pairs/s: ours / channels_redis core"),
-    Ratio("S3", "group", "rate", ("tri-redis", "redis"), ("channels-redis", "redis"), ">=", 2.0, "S3 Redis group deliveries/s: ours / channels_redis core"),
+    Ratio(
+        "S1",
+        None,
+        "rate",
+        (TRI_HYP, "memory"),
+        ("floor-hypercorn", "none"),
+        ">=",
+        0.85,
+        "S1 echo msgs/s: trichannels / floor, Hypercorn-trio",
+    ),
+    Ratio(
+        "S1",
+        None,
+        "rate",
+        (TRI_UV, "memory"),
+        ("floor-uvicorn", "none"),
+        ">=",
+        0.85,
+        "S1 echo msgs/s: trichannels / floor, uvicorn",
+    ),
+    Ratio(
+        "S5",
+        None,
+        "rate",
+        (TRI_HYP, "memory"),
+        ("floor-hypercorn", "none"),
+        ">=",
+        0.85,
+        "S5 HTTP req/s: trichannels / floor, Hypercorn-trio",
+    ),
+    Ratio(
+        "S5",
+        None,
+        "rate",
+        (TRI_UV, "memory"),
+        ("floor-uvicorn", "none"),
+        ">=",
+        0.85,
+        "S5 HTTP req/s: trichannels / floor, uvicorn",
+    ),
+    Ratio(
+        "S2",
+        "max",
+        "rate",
+        (TRI_HYP, "memory"),
+        ("floor-hypercorn", "none"),
+        ">=",
+        0.80,
+        "S2 broadcast deliveries/s (memory): trichannels / floor, Hypercorn-trio",
+    ),
+    Ratio(
+        "S2",
+        "max",
+        "rate",
+        (TRI_UV, "memory"),
+        ("floor-uvicorn", "none"),
+        ">=",
+        0.80,
+        "S2 broadcast deliveries/s (memory): trichannels / floor, uvicorn",
+    ),
+    Ratio(
+        "S1",
+        None,
+        "rate",
+        (TRI_HYP, "memory"),
+        ("dj-daphne", "memory"),
+        ">=",
+        1.4,
+        "S1 echo: trichannels-Hypercorn-trio / Channels-daphne",
+    ),
+    Ratio(
+        "S2",
+        "max",
+        "rate",
+        (TRI_HYP, "memory"),
+        ("dj-daphne", "memory"),
+        ">=",
+        2.3,
+        "S2 broadcast (memory): trichannels-Hypercorn-trio / Channels-daphne",
+    ),
+    Ratio(
+        "S2",
+        "max",
+        "rate",
+        (TRI_HYP, "redis"),
+        ("dj-daphne", "redis"),
+        ">=",
+        3.0,
+        "S2 broadcast (Redis): trichannels-Hypercorn-trio / Channels-daphne",
+    ),
+    Ratio(
+        "S4",
+        None,
+        "bytes_per_conn",
+        (TRI_HYP, "memory"),
+        ("dj-daphne", "memory"),
+        "<=",
+        0.75,
+        "S4 bytes per idle connection: trichannels-Hypercorn-trio / Channels-daphne",
+    ),
+    Ratio(
+        "S2",
+        "fixed",
+        "p99_us",
+        (TRI_HYP, "memory"),
+        ("dj-daphne", "memory"),
+        "<=",
+        0.5,
+        "S2 p99 at 2,000 deliveries/s (memory): trichannels-Hypercorn-trio / Channels-daphne",
+    ),
+    Ratio(
+        "S2",
+        "fixed",
+        "p99_us",
+        (TRI_HYP, "redis"),
+        ("dj-daphne", "redis"),
+        "<=",
+        0.5,
+        "S2 p99 at 2,000 deliveries/s (Redis): trichannels-Hypercorn-trio / Channels-daphne",
+    ),
+    Ratio(
+        "S1",
+        None,
+        "rate",
+        (TRI_UV, "memory"),
+        ("dj-uvicorn", "memory"),
+        ">=",
+        2.0,
+        "S1 echo: trichannels-uvicorn / Channels-uvicorn",
+    ),
+    Ratio(
+        "S2",
+        "max",
+        "rate",
+        (TRI_UV, "memory"),
+        ("dj-uvicorn", "memory"),
+        ">=",
+        2.0,
+        "S2 broadcast (memory): trichannels-uvicorn / Channels-uvicorn",
+    ),
+    Ratio(
+        "S2",
+        "max",
+        "rate",
+        (TRI_UV, "redis"),
+        ("dj-uvicorn", "redis"),
+        ">=",
+        2.0,
+        "S2 broadcast (Redis): trichannels-uvicorn / Channels-uvicorn",
+    ),
+    Ratio(
+        "S5",
+        None,
+        "rate",
+        (TRI_UV, "memory"),
+        ("dj-uvicorn", "memory"),
+        ">=",
+        2.0,
+        "S5 HTTP: trichannels-uvicorn / Channels-uvicorn",
+    ),
+    Ratio(
+        "S3",
+        "group",
+        "rate",
+        ("tri-memory", "memory"),
+        ("channels-memory", "memory"),
+        ">=",
+        3.0,
+        "S3 in-memory group deliveries/s: ours / Channels'",
+    ),
+    Ratio(
+        "S3",
+        "pairs",
+        "rate",
+        ("tri-memory", "memory"),
+        ("channels-memory", "memory"),
+        ">=",
+        1.0,
+        "S3 in-memory send+receive pairs/s: ours / Channels'",
+    ),
+    Ratio(
+        "S3",
+        "pairs",
+        "rate",
+        ("tri-redis", "redis"),
+        ("channels-redis", "redis"),
+        ">=",
+        5.0,
+        "S3 Redis pairs/s: ours / channels_redis core",
+    ),
+    Ratio(
+        "S3",
+        "group",
+        "rate",
+        ("tri-redis", "redis"),
+        ("channels-redis", "redis"),
+        ">=",
+        2.0,
+        "S3 Redis group deliveries/s: ours / channels_redis core",
+    ),
 ]
 
-CPU_METRIC = {"S1": "server_us_per_op", "S2": "server_us_per_op", "S5": "server_us_per_op", "S3": "cpu_us_per_op"}
+CPU_METRIC = {
+    "S1": "server_us_per_op",
+    "S2": "server_us_per_op",
+    "S5": "server_us_per_op",
+    "S3": "cpu_us_per_op",
+}
 
 
 def by_round(rows: list[dict], key: str) -> dict[int, float]:
@@ -189,12 +392,19 @@ def eval_ratio(recs: list[dict], ratio: Ratio) -> dict[str, Any] | None:
     ra, rb = by_round(a, ratio.metric), by_round(b, ratio.metric)
     per_round = [ra[r] / rb[r] for r in sorted(set(ra) & set(rb)) if rb[r]]
     met = value >= ratio.threshold if ratio.op == ">=" else value <= ratio.threshold
-    out: dict[str, Any] = {"value": value, "per_round": per_round, "met": met, "n": len(per_round)}
+    out: dict[str, Any] = {
+        "value": value,
+        "per_round": per_round,
+        "met": met,
+        "n": len(per_round),
+    }
     cpu_key = CPU_METRIC.get(ratio.scenario)
     if ratio.metric == "rate" and cpu_key:
         ca, cb = stat(a, cpu_key), stat(b, cpu_key)
         if ca.med and cb.med:
-            out["cpu_value"] = cb.med / ca.med  # higher is better, like a throughput ratio
+            out["cpu_value"] = (
+                cb.med / ca.med
+            )  # higher is better, like a throughput ratio
             out["cpu_met"] = out["cpu_value"] >= ratio.threshold
     return out
 
@@ -203,14 +413,21 @@ def eval_ratio(recs: list[dict], ratio: Ratio) -> dict[str, Any] | None:
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines = [
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join("---" for _ in headers) + "|",
+    ]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
 
 
 def label(t: str, layer: str) -> str:
     base = LABELS.get(t, t)
-    return f"{base} ({layer})" if layer == "redis" and not t.startswith(("tri-redis", "channels-")) else base
+    return (
+        f"{base} ({layer})"
+        if layer == "redis" and not t.startswith(("tri-redis", "channels-"))
+        else base
+    )
 
 
 def ws_table(recs: list[dict], scenario: str, sub: str | None, unit: str) -> str:
@@ -227,11 +444,33 @@ def ws_table(recs: list[dict], scenario: str, sub: str | None, unit: str) -> str
         cap = Stat([1e6 / v for v in cpu.values if v])
         util = stat(rs, "server_util")
         ceil = stat(rs, "client_ceiling")
-        rows.append([label(*key), rng(stat(rs, "rate")), rng(stat(rs, "p50_us"), ms), rng(stat(rs, "p99_us"), ms),
-                     rng(cpu, lambda x: f"{x:.1f}"), k(cap.med), f"{util.med:.0%}" if util.med else "–",
-                     k(ceil.med) if ceil.med else "–", extra or "–"])
-    return table(["target", f"{unit} median (range)", "p50", "p99", "server µs CPU per op", f"{unit} per server core",
-                  "server core used", "client ceiling", "loss / errors"], rows)
+        rows.append(
+            [
+                label(*key),
+                rng(stat(rs, "rate")),
+                rng(stat(rs, "p50_us"), ms),
+                rng(stat(rs, "p99_us"), ms),
+                rng(cpu, lambda x: f"{x:.1f}"),
+                k(cap.med),
+                f"{util.med:.0%}" if util.med else "–",
+                k(ceil.med) if ceil.med else "–",
+                extra or "–",
+            ]
+        )
+    return table(
+        [
+            "target",
+            f"{unit} median (range)",
+            "p50",
+            "p99",
+            "server µs CPU per op",
+            f"{unit} per server core",
+            "server core used",
+            "client ceiling",
+            "loss / errors",
+        ],
+        rows,
+    )
 
 
 def s3_table(recs: list[dict]) -> str:
@@ -240,8 +479,14 @@ def s3_table(recs: list[dict]) -> str:
         g = group(recs, "S3", test)
         for key in sorted(g, key=sort_key):
             rs = g[key]
-            rows.append([LABELS.get(key[0], key[0]), test, rng(stat(rs, "rate")) + " " + unit,
-                         rng(stat(rs, "cpu_us_per_op"), lambda x: f"{x:.1f}")])
+            rows.append(
+                [
+                    LABELS.get(key[0], key[0]),
+                    test,
+                    rng(stat(rs, "rate")) + " " + unit,
+                    rng(stat(rs, "cpu_us_per_op"), lambda x: f"{x:.1f}"),
+                ]
+            )
     return table(["layer", "test", "rate median (range)", "CPU µs per op"], rows)
 
 
@@ -250,10 +495,25 @@ def s4_table(recs: list[dict]) -> str:
     rows = []
     for key in sorted(g, key=sort_key):
         rs = g[key]
-        rows.append([label(*key), rng(stat(rs, "bytes_per_conn"), lambda x: f"{x / 1024:.1f} KB"),
-                     rng(stat(rs, "rss_before"), lambda x: f"{x / 2**20:.1f} MiB"),
-                     rng(stat(rs, "rss_open"), lambda x: f"{x / 2**20:.1f} MiB"), str(rs[0].get("clients"))])
-    return table(["target", "RSS per idle connection", "RSS before", "RSS with all open", "connections"], rows)
+        rows.append(
+            [
+                label(*key),
+                rng(stat(rs, "bytes_per_conn"), lambda x: f"{x / 1024:.1f} KB"),
+                rng(stat(rs, "rss_before"), lambda x: f"{x / 2**20:.1f} MiB"),
+                rng(stat(rs, "rss_open"), lambda x: f"{x / 2**20:.1f} MiB"),
+                str(rs[0].get("clients")),
+            ]
+        )
+    return table(
+        [
+            "target",
+            "RSS per idle connection",
+            "RSS before",
+            "RSS with all open",
+            "connections",
+        ],
+        rows,
+    )
 
 
 def s6_table(recs: list[dict]) -> str:
@@ -264,16 +524,41 @@ def s6_table(recs: list[dict]) -> str:
         rs = g.get(key, [])
         m = rss.get(key, [{}])[0]
         growth = m.get("growth")
-        verdict = "–" if growth is None else ("met" if abs(growth) <= 0.05 else "**missed**")
+        verdict = (
+            "–" if growth is None else ("met" if abs(growth) <= 0.05 else "**missed**")
+        )
         cpu = stat(rs, "server_us_per_op")
-        rows.append([label(*key), rng(stat(rs, "rate")), rng(stat(rs, "p99_us"), ms), rng(cpu, lambda x: f"{x:.0f}"),
-                     f"{m['rss_start'] / 2**20:.1f}" if m.get("rss_start") else "–",
-                     f"{m['rss_before'] / 2**20:.1f}" if m.get("rss_before") else "–",
-                     f"{m['rss_after'] / 2**20:.1f}" if m.get("rss_after") else "–",
-                     f"{growth:+.1%}" if growth is not None else "–", str(m.get("cycles", "–")), verdict,
-                     str(sum(r.get("errors") or 0 for r in rs))])
-    return table(["target", "connections/s", "p99 cycle", "server µs per conn", "RSS fresh MiB", "RSS after warm-up MiB",
-                  "RSS after churn MiB", "growth", "cycles", "≤ 5 %", "errors"], rows)
+        rows.append(
+            [
+                label(*key),
+                rng(stat(rs, "rate")),
+                rng(stat(rs, "p99_us"), ms),
+                rng(cpu, lambda x: f"{x:.0f}"),
+                f"{m['rss_start'] / 2**20:.1f}" if m.get("rss_start") else "–",
+                f"{m['rss_before'] / 2**20:.1f}" if m.get("rss_before") else "–",
+                f"{m['rss_after'] / 2**20:.1f}" if m.get("rss_after") else "–",
+                f"{growth:+.1%}" if growth is not None else "–",
+                str(m.get("cycles", "–")),
+                verdict,
+                str(sum(r.get("errors") or 0 for r in rs)),
+            ]
+        )
+    return table(
+        [
+            "target",
+            "connections/s",
+            "p99 cycle",
+            "server µs per conn",
+            "RSS fresh MiB",
+            "RSS after warm-up MiB",
+            "RSS after churn MiB",
+            "growth",
+            "cycles",
+            "≤ 5 %",
+            "errors",
+        ],
+        rows,
+    )
 
 
 # ------------------------------------------------------------------ plot
@@ -281,16 +566,20 @@ def s6_table(recs: list[dict]) -> str:
 
 def plot(chosen: dict[str, tuple[str, list[dict]]], path: Path) -> bool:
     try:
-        import matplotlib  # noqa: PLC0415
+        import matplotlib
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # noqa: PLC0415
+        import matplotlib.pyplot as plt
     except ImportError:
         return False
-    panels = [("S1", None, "rate", "S1 echo: msgs/s"), ("S2", "max", "rate", "S2 broadcast: deliveries/s"),
-              ("S2", "fixed", "p99_us", "S2 p99 at 2k deliveries/s (ms, log)"), ("S5", None, "rate", "S5 HTTP: req/s"),
-              ("S1", None, "server_us_per_op", "S1 server CPU µs per message"),
-              ("S2", "max", "server_us_per_op", "S2 server CPU µs per delivery")]
+    panels = [
+        ("S1", None, "rate", "S1 echo: msgs/s"),
+        ("S2", "max", "rate", "S2 broadcast: deliveries/s"),
+        ("S2", "fixed", "p99_us", "S2 p99 at 2k deliveries/s (ms, log)"),
+        ("S5", None, "rate", "S5 HTTP: req/s"),
+        ("S1", None, "server_us_per_op", "S1 server CPU µs per message"),
+        ("S2", "max", "server_us_per_op", "S2 server CPU µs per delivery"),
+    ]
     panels = [p for p in panels if p[0] in chosen]
     if not panels:
         return False
@@ -320,9 +609,12 @@ def plot(chosen: dict[str, tuple[str, list[dict]]], path: Path) -> bool:
         if metric == "p99_us":
             ax.set_xscale("log")
         ax.grid(axis="x", alpha=0.3)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
-    fig.suptitle("trichannels vs Django Channels vs bare ASGI (median, whiskers = range of rounds)", fontsize=11)
+    fig.suptitle(
+        "trichannels vs Django Channels vs bare ASGI (median, whiskers = range of rounds)",
+        fontsize=11,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -333,7 +625,9 @@ def plot(chosen: dict[str, tuple[str, list[dict]]], path: Path) -> bool:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--run", help="use only this run id")
     ap.add_argument("--include-quick", action="store_true")
     ap.add_argument("--output", default=str(README))
@@ -345,66 +639,146 @@ def main() -> None:
         if rid:
             chosen[sc] = (rid, runs[rid])
     if not chosen:
-        raise SystemExit("no results in bench/results/ yet: run python bench/run.py first")
+        raise SystemExit(
+            "no results in bench/results/ yet: run python bench/run.py first"
+        )
 
     used = sorted({rid for rid, _ in chosen.values()})
     header = next((r for r in runs[used[-1]] if r.get("kind") == "run"), {})
     out: list[str] = []
     out.append("# trichannels benchmarks\n")
-    out.append("<!-- generated by bench/report.py from bench/results/*.jsonl; edit bench/findings.md or bench/method.md instead -->\n")
-    out.append("Side-by-side benchmarks of trichannels against Django Channels 4.3 and a bare ASGI floor "
-               "(issue 6). One command installs the environment, one runs everything, one regenerates this page:\n")
-    out.append("```sh\nbash bench/setup.sh                      # venv for Channels, uvicorn, npm ws, wrk (idempotent)\n"
-               ". .venv/bin/activate\npython bench/run.py                      # all scenarios, 3 rounds, ~20 min; ends by regenerating this file\n"
-               "python bench/run.py --quick              # ~4 min smoke run (not used for this page unless no full run exists)\n"
-               "python bench/run.py --scenarios S1,S5 --rounds 5\n"
-               "bench/.venv-channels/bin/python bench/report.py   # regenerate README.md + results/summary.png\n"
-               "python bench/profile.py tri-hypercorn S1  # py-spy profile of one target under one scenario's load\n```\n")
+    out.append(
+        "<!-- generated by bench/report.py from bench/results/*.jsonl; edit bench/findings.md or bench/method.md instead -->\n"
+    )
+    out.append(
+        "Side-by-side benchmarks of trichannels against Django Channels 4.3 and a bare ASGI floor "
+        "(issue 6). One command installs the environment, one runs everything, one regenerates this page:\n"
+    )
+    out.append(
+        "```sh\nbash bench/setup.sh                      # venv for Channels, uvicorn, npm ws, wrk (idempotent)\n"
+        ". .venv/bin/activate\npython bench/run.py                      # all scenarios, 3 rounds, ~20 min; ends by regenerating this file\n"
+        "python bench/run.py --quick              # ~4 min smoke run (not used for this page unless no full run exists)\n"
+        "python bench/run.py --scenarios S1,S5 --rounds 5\n"
+        "bench/.venv-channels/bin/python bench/report.py   # regenerate README.md + results/summary.png\n"
+        "python bench/profile.py tri-hypercorn S1  # py-spy profile of one target under one scenario's load\n```\n"
+    )
+
     def lib(sc: str) -> str:
-        rid, recs = chosen[sc]
-        v = next((r.get("trichannels") for r in recs if r.get("kind") == "scenario_start" and r.get("scenario") == sc),
-                 None) or next((r.get("versions", {}).get("trichannels") for r in recs if r.get("kind") == "run"), "?")
+        _rid, recs = chosen[sc]
+        v = next(
+            (
+                r.get("trichannels")
+                for r in recs
+                if r.get("kind") == "scenario_start" and r.get("scenario") == sc
+            ),
+            None,
+        ) or next(
+            (
+                r.get("versions", {}).get("trichannels")
+                for r in recs
+                if r.get("kind") == "run"
+            ),
+            "?",
+        )
         return f"trichannels `{v}`"
 
-    out.append("Runs used: " + ", ".join(f"{sc} ← `results/run-{rid}.jsonl` ({lib(sc)})"
-                                         for sc, (rid, _) in chosen.items())
-               + (" (**quick run**: short windows; indicative only)" if any(rid.endswith("-quick") for rid in used) else "")
-               + "\n")
+    out.append(
+        "Runs used: "
+        + ", ".join(
+            f"{sc} ← `results/run-{rid}.jsonl` ({lib(sc)})"
+            for sc, (rid, _) in chosen.items()
+        )
+        + (
+            " (**quick run**: short windows; indicative only)"
+            if any(rid.endswith("-quick") for rid in used)
+            else ""
+        )
+        + "\n"
+    )
 
     # --- targets
     out.append("## Targets (ratios measured within one run)\n")
-    out.append("Ratio = median of A / median of B over the rounds of one run; in brackets the range of the "
-               "per-round ratios (A and B ran back to back in each round). The *CPU* column is the same ratio "
-               "computed from server CPU time per operation (B's µs/op ÷ A's µs/op): what the throughput ratio would be "
-               "if both servers had a whole core; it is the figure least disturbed by the other processes on this "
-               "shared 2-core machine, and a verdict in that column is given beside the measured one.\n")
+    out.append(
+        "Ratio = median of A / median of B over the rounds of one run; in brackets the range of the "
+        "per-round ratios (A and B ran back to back in each round). The *CPU* column is the same ratio "
+        "computed from server CPU time per operation (B's µs/op ÷ A's µs/op): what the throughput ratio would be "
+        "if both servers had a whole core; it is the figure least disturbed by the other processes on this "
+        "shared 2-core machine, and a verdict in that column is given beside the measured one.\n"
+    )
     rows = []
     for ratio in RATIOS:
         if ratio.scenario not in chosen:
-            rows.append([ratio.label, f"{ratio.op} {ratio.threshold:g}", "not run", "–", "–", "–"])
+            rows.append(
+                [
+                    ratio.label,
+                    f"{ratio.op} {ratio.threshold:g}",
+                    "not run",
+                    "–",
+                    "–",
+                    "–",
+                ]
+            )
             continue
         ev = eval_ratio(chosen[ratio.scenario][1], ratio)
         if ev is None:
-            rows.append([ratio.label, f"{ratio.op} {ratio.threshold:g}", "no data (target skipped?)", "–", "–", "–"])
+            rows.append(
+                [
+                    ratio.label,
+                    f"{ratio.op} {ratio.threshold:g}",
+                    "no data (target skipped?)",
+                    "–",
+                    "–",
+                    "–",
+                ]
+            )
             continue
         pr = ev["per_round"]
         rr = f" ({min(pr):.2f}–{max(pr):.2f})" if len(pr) > 1 else ""
-        cpu = f"{ev['cpu_value']:.2f} ({'met' if ev['cpu_met'] else 'missed'})" if "cpu_value" in ev else "–"
-        rows.append([ratio.label, f"{ratio.op} {ratio.threshold:g}", f"**{ev['value']:.2f}**{rr}",
-                     "met" if ev["met"] else "**missed**", cpu, str(ev["n"])])
+        cpu = (
+            f"{ev['cpu_value']:.2f} ({'met' if ev['cpu_met'] else 'missed'})"
+            if "cpu_value" in ev
+            else "–"
+        )
+        rows.append(
+            [
+                ratio.label,
+                f"{ratio.op} {ratio.threshold:g}",
+                f"**{ev['value']:.2f}**{rr}",
+                "met" if ev["met"] else "**missed**",
+                cpu,
+                str(ev["n"]),
+            ]
+        )
     if "S6" in chosen:
         rss = group(chosen["S6"][1], "S6", "rss")
         for key in sorted(rss, key=sort_key):
             if not key[0].startswith("tri-"):
                 continue
             m = rss[key][0]
-            rows.append([f"S6 RSS after {m.get('cycles')} connect/disconnect cycles, {label(*key)}", "within 5 %",
-                         f"**{m['growth']:+.1%}**", "met" if abs(m["growth"]) <= 0.05 else "**missed**", "–", "1"])
-    out.append(table(["target", "goal", "measured", "verdict", "by server CPU/op", "rounds"], rows) + "\n")
+            rows.append(
+                [
+                    f"S6 RSS after {m.get('cycles')} connect/disconnect cycles, {label(*key)}",
+                    "within 5 %",
+                    f"**{m['growth']:+.1%}**",
+                    "met" if abs(m["growth"]) <= 0.05 else "**missed**",
+                    "–",
+                    "1",
+                ]
+            )
+    out.append(
+        table(
+            ["target", "goal", "measured", "verdict", "by server CPU/op", "rounds"],
+            rows,
+        )
+        + "\n"
+    )
 
     # --- scenario tables
     titles = {
-        "S1": ("S1 echo — 50 WebSocket clients, closed loop, 32-byte text frames", "msgs/s"),
+        "S1": (
+            "S1 echo — 50 WebSocket clients, closed loop, 32-byte text frames",
+            "msgs/s",
+        ),
         "S5": ("S5 HTTP — AsyncHttpConsumer 14-byte response, wrk -t1 -c32", "req/s"),
     }
     for sc in ("S1", "S2", "S3", "S4", "S5", "S6"):
@@ -415,46 +789,88 @@ def main() -> None:
             out.append(f"## {titles[sc][0]}\n")
             out.append(ws_table(recs, sc, None, titles[sc][1]) + "\n")
         elif sc == "S2":
-            out.append("## S2 broadcast — 100 clients in one room, tutorial chat consumer (`group_send` per message)\n")
-            out.append("**Maximum**: 10 of the clients each keep one message in flight (send, wait for their own copy, send "
-                       "again); a delivery is one message arriving at one client; latency is send → arrival at each client.\n")
+            out.append(
+                "## S2 broadcast — 100 clients in one room, tutorial chat consumer (`group_send` per message)\n"
+            )
+            out.append(
+                "**Maximum**: 10 of the clients each keep one message in flight (send, wait for their own copy, send "
+                "again); a delivery is one message arriving at one client; latency is send → arrival at each client.\n"
+            )
             out.append(ws_table(recs, "S2", "max", "deliveries/s") + "\n")
-            out.append("**Fixed offered rate** of 2,000 deliveries/s (20 messages/s, round-robin over the clients, open "
-                       "loop). *lost* counts deliveries that never arrived (Channels' layers drop on a full channel).\n")
+            out.append(
+                "**Fixed offered rate** of 2,000 deliveries/s (20 messages/s, round-robin over the clients, open "
+                "loop). *lost* counts deliveries that never arrived (Channels' layers drop on a full channel).\n"
+            )
             out.append(ws_table(recs, "S2", "fixed", "deliveries/s") + "\n")
         elif sc == "S3":
             out.append("## S3 layer alone — one process, no sockets\n")
-            out.append("`pairs`: `send` then `receive` on one process-specific channel, sequentially. `group`: `group_send` "
-                       "to 100 members, then `receive` on each. Pinned to the server core; Redis runs unpinned.\n")
+            out.append(
+                "`pairs`: `send` then `receive` on one process-specific channel, sequentially. `group`: `group_send` "
+                "to 100 members, then `receive` on each. Pinned to the server core; Redis runs unpinned.\n"
+            )
             out.append(s3_table(recs) + "\n")
         elif sc == "S4":
-            out.append("## S4 idle connections — 2,000 open WebSockets (echo consumer, one round trip each)\n")
-            out.append("A fresh server per round; RSS (whole process tree) before connecting and 1.5 s after the last "
-                       "connection's round trip.\n")
+            out.append(
+                "## S4 idle connections — 2,000 open WebSockets (echo consumer, one round trip each)\n"
+            )
+            out.append(
+                "A fresh server per round; RSS (whole process tree) before connecting and 1.5 s after the last "
+                "connection's round trip.\n"
+            )
             out.append(s4_table(recs) + "\n")
         elif sc == "S6":
             out.append("## S6 churn — connect, one echo, close; 50 at a time\n")
-            out.append("Warm-up cycles first, then the cycles split over the rounds (A B C A B C ...). Growth compares RSS "
-                       "after the churn with RSS after the warm-up.\n")
+            out.append(
+                "Warm-up cycles first, then the cycles split over the rounds (A B C A B C ...). Growth compares RSS "
+                "after the churn with RSS after the warm-up.\n"
+            )
             out.append(s6_table(recs) + "\n")
 
     if plot(chosen, RESULTS / "summary.png"):
         out.append("![summary](results/summary.png)\n")
 
     # --- ceiling
-    ceil = [r for rid in used for r in chosen_records(runs[rid]) if r.get("kind") == "ceiling"]
+    ceil = [
+        r
+        for rid in used
+        for r in chosen_records(runs[rid])
+        if r.get("kind") == "ceiling"
+    ]
     if ceil:
         out.append("## Is the load generator the bottleneck?\n")
-        out.append("Measured at the start of the run against the bare ASGI echo on uvicorn, the fastest server here. "
-                   "*ceiling* = messages per second of the client's own CPU time: the rate it could drive with a whole "
-                   "core. Every table above also lists the client ceiling measured during that scenario's window.\n")
+        out.append(
+            "Measured at the start of the run against the bare ASGI echo on uvicorn, the fastest server here. "
+            "*ceiling* = messages per second of the client's own CPU time: the rate it could drive with a whole "
+            "core. Every table above also lists the client ceiling measured during that scenario's window.\n"
+        )
         rows = []
         for r in ceil:
-            rows.append([r["client"], k(r["rate"]), f"{r.get('client_util', 0):.0%}", f"{r['client_us_per_msg']:.1f}",
-                         k(r["client_ceiling"]), f"{r.get('server_cpu_s', 0) / max(r.get('wall_s', 1), 1e-9):.0%}"
-                         if r.get("server_cpu_s") else "–"])
-        out.append(table(["client", "msgs/s", "client core used", "client µs/msg", "client ceiling msgs/s",
-                          "server core used"], rows) + "\n")
+            rows.append(
+                [
+                    r["client"],
+                    k(r["rate"]),
+                    f"{r.get('client_util', 0):.0%}",
+                    f"{r['client_us_per_msg']:.1f}",
+                    k(r["client_ceiling"]),
+                    f"{r.get('server_cpu_s', 0) / max(r.get('wall_s', 1), 1e-9):.0%}"
+                    if r.get("server_cpu_s")
+                    else "–",
+                ]
+            )
+        out.append(
+            table(
+                [
+                    "client",
+                    "msgs/s",
+                    "client core used",
+                    "client µs/msg",
+                    "client ceiling msgs/s",
+                    "server core used",
+                ],
+                rows,
+            )
+            + "\n"
+        )
 
     if METHOD.exists():
         out.append(METHOD.read_text().strip() + "\n")
@@ -465,18 +881,41 @@ def main() -> None:
     out.append("## Versions and machine\n")
     vers = header.get("versions", {})
     if vers:
-        out.append(table(["component", "version"], [[a, f"`{b}`"] for a, b in sorted(vers.items())]) + "\n")
+        out.append(
+            table(
+                ["component", "version"],
+                [[a, f"`{b}`"] for a, b in sorted(vers.items())],
+            )
+            + "\n"
+        )
     mach = header.get("machine", {})
     if mach:
         out.append(table(["machine", ""], [[a, b] for a, b in mach.items()]) + "\n")
     skipped = [r for rid in used for r in runs[rid] if r.get("kind") == "skip"]
     if skipped:
-        out.append("Skipped in these runs: " + "; ".join(sorted({f"{r['scenario']} {r['target']}@{r['layer']}: {r['reason']}"
-                                                                  for r in skipped})) + "\n")
+        out.append(
+            "Skipped in these runs: "
+            + "; ".join(
+                sorted(
+                    {
+                        f"{r['scenario']} {r['target']}@{r['layer']}: {r['reason']}"
+                        for r in skipped
+                    }
+                )
+            )
+            + "\n"
+        )
     errors = [r for rid in used for r in runs[rid] if r.get("kind") == "error"]
     if errors:
-        out.append("Errors in these runs: " + "; ".join(f"{r['scenario']} r{r['round']} {r['target']}@{r['layer']}: "
-                                                       f"{r['error'][:160]}" for r in errors) + "\n")
+        out.append(
+            "Errors in these runs: "
+            + "; ".join(
+                f"{r['scenario']} r{r['round']} {r['target']}@{r['layer']}: "
+                f"{r['error'][:160]}"
+                for r in errors
+            )
+            + "\n"
+        )
     Path(args.output).write_text("\n".join(out))
     print(f"wrote {args.output} from runs {', '.join(used)}")
 

@@ -1,3 +1,5 @@
+# ruff: noqa: RUF001
+
 """Run the trichannels benchmark suite: every target side by side, interleaved.
 
     python bench/run.py                         # everything, 3 rounds (~20 min)
@@ -42,8 +44,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from loadgen import LoadgenError, run_wrk, run_ws  # noqa: E402
-from servers import (  # noqa: E402
+from loadgen import LoadgenError, run_wrk, run_ws
+from servers import (
     BENCH,
     CHANNELS_VENV,
     PROJECT_VENV,
@@ -80,8 +82,18 @@ class Params:
 
     @classmethod
     def quick(cls) -> Params:
-        return cls(warmup=1.0, duration=2.0, s2_warmup=0.7, s2_duration=1.5, s2_fixed_warmup=0.5, s3_duration=0.7,
-                   s3_warmup=0.2, s4_clients=1000, s6_cycles=1500, s6_warmup_cycles=300)
+        return cls(
+            warmup=1.0,
+            duration=2.0,
+            s2_warmup=0.7,
+            s2_duration=1.5,
+            s2_fixed_warmup=0.5,
+            s3_duration=0.7,
+            s3_warmup=0.2,
+            s4_clients=1000,
+            s6_cycles=1500,
+            s6_warmup_cycles=300,
+        )
 
 
 @dataclass
@@ -98,8 +110,12 @@ class Ctx:
         print(f"[{el // 60:2d}:{el % 60:02d}] {msg}", flush=True)
 
     def record(self, **rec: Any) -> None:
-        rec = {"run": self.run_id, "quick": self.args.quick, "time": _dt.datetime.now().isoformat(timespec="seconds"),
-               **rec}
+        rec = {
+            "run": self.run_id,
+            "quick": self.args.quick,
+            "time": _dt.datetime.now().isoformat(timespec="seconds"),
+            **rec,
+        }
         with self.out.open("a") as f:
             f.write(json.dumps(rec) + "\n")
 
@@ -123,7 +139,9 @@ def redis_cleanup() -> None:
     if db == "0":
         return  # never wipe db 0: other people's tests use it
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        subprocess.run(["redis-cli", "-n", db, "flushdb"], capture_output=True, timeout=20)
+        subprocess.run(
+            ["redis-cli", "-n", db, "flushdb"], capture_output=True, timeout=20
+        )
 
 
 def server_env(target_app: str, layer: str) -> dict[str, str]:
@@ -143,7 +161,11 @@ class Variant:
 
     @property
     def key(self) -> str:
-        return self.target if self.layer in ("memory", "none") else f"{self.target}@{self.layer}"
+        return (
+            self.target
+            if self.layer in ("memory", "none")
+            else f"{self.target}@{self.layer}"
+        )
 
 
 def start(ctx: Ctx, scenario: str, v: Variant) -> Server | None:
@@ -153,10 +175,14 @@ def start(ctx: Ctx, scenario: str, v: Variant) -> Server | None:
         srv.start()
     except RuntimeError as exc:
         reason = str(exc).strip().splitlines()
-        short = next((line for line in reversed(reason) if line.strip()), "failed to start")[:300]
+        short = next(
+            (line for line in reversed(reason) if line.strip()), "failed to start"
+        )[:300]
         ctx.log(f"  {v.key}: SKIPPED ({short})")
         ctx.skipped[f"{scenario}:{v.key}"] = short
-        ctx.record(kind="skip", scenario=scenario, target=v.target, layer=v.layer, reason=short)
+        ctx.record(
+            kind="skip", scenario=scenario, target=v.target, layer=v.layer, reason=short
+        )
         return None
     return srv
 
@@ -180,32 +206,50 @@ def ws_window(srv: Server, mode: str, path: str, **opts: Any) -> dict[str, Any]:
     return res
 
 
-def interleave(ctx: Ctx, scenario: str, variants: list[Variant], rounds: int,
-               body: Callable[[Server, Variant, int], None], *, fresh_per_round: bool = False) -> None:
+def interleave(
+    ctx: Ctx,
+    scenario: str,
+    variants: list[Variant],
+    rounds: int,
+    body: Callable[[Server, Variant, int], None],
+    *,
+    fresh_per_round: bool = False,
+) -> None:
     """Run ``body`` for every variant in every round (A B C A B C ...)."""
     servers: dict[str, Server | None] = {}
     try:
         if not fresh_per_round:
-            ctx.log(f"{scenario}: starting {len(variants)} servers on core {SERVER_CPU}")
+            ctx.log(
+                f"{scenario}: starting {len(variants)} servers on core {SERVER_CPU}"
+            )
             for v in variants:
                 servers[v.key] = start(ctx, scenario, v)
         for r in range(1, rounds + 1):
             for v in variants:
-                if fresh_per_round:
-                    srv = start(ctx, scenario, v)
-                else:
-                    srv = servers.get(v.key)
+                srv = start(ctx, scenario, v) if fresh_per_round else servers.get(v.key)
                 if srv is None:
                     continue
                 try:
                     if not srv.alive():
                         raise RuntimeError(f"server died: {srv.log_tail(600)}")
                     body(srv, v, r)
-                except (LoadgenError, RuntimeError, subprocess.SubprocessError, OSError) as exc:
+                except (
+                    LoadgenError,
+                    RuntimeError,
+                    subprocess.SubprocessError,
+                    OSError,
+                ) as exc:
                     msg = str(exc).strip()[:400]
                     ctx.log(f"  [{scenario} r{r}] {v.key}: ERROR {msg}")
-                    ctx.record(kind="error", scenario=scenario, target=v.target, layer=v.layer, round=r,
-                               error=msg, server_log=srv.log_tail(1500))
+                    ctx.record(
+                        kind="error",
+                        scenario=scenario,
+                        target=v.target,
+                        layer=v.layer,
+                        round=r,
+                        error=msg,
+                        server_log=srv.log_tail(1500),
+                    )
                 finally:
                     if fresh_per_round:
                         srv.stop()
@@ -215,7 +259,9 @@ def interleave(ctx: Ctx, scenario: str, variants: list[Variant], rounds: int,
                 srv.stop()
 
 
-def ws_variants(ctx: Ctx, layers: Iterable[str], include_floor: bool = True) -> list[Variant]:
+def ws_variants(
+    ctx: Ctx, layers: Iterable[str], include_floor: bool = True
+) -> list[Variant]:
     out: list[Variant] = []
     for layer in layers:
         for name, t in TARGETS.items():
@@ -237,11 +283,17 @@ def s1(ctx: Ctx) -> None:
     p = ctx.params
 
     def body(srv: Server, v: Variant, r: int) -> None:
-        res = ws_window(srv, "echo", "/echo", clients=50, warmup=p.warmup, duration=p.duration)
-        ctx.record(kind="result", scenario="S1", target=v.target, layer=v.layer, round=r, **res)
-        ctx.log(f"  [S1 r{r}] {v.key:18s} {fmt_rate(res['rate']):>7s} msgs/s  p50 {fmt_us(res['p50_us']):>7s} "
-                f"p99 {fmt_us(res['p99_us']):>7s}  server {res.get('server_us_per_op', 0):6.1f} µs/msg "
-                f"(util {res.get('server_util') or 0:.0%}; client ceiling {fmt_rate(res.get('client_ceiling'))})")
+        res = ws_window(
+            srv, "echo", "/echo", clients=50, warmup=p.warmup, duration=p.duration
+        )
+        ctx.record(
+            kind="result", scenario="S1", target=v.target, layer=v.layer, round=r, **res
+        )
+        ctx.log(
+            f"  [S1 r{r}] {v.key:18s} {fmt_rate(res['rate']):>7s} msgs/s  p50 {fmt_us(res['p50_us']):>7s} "
+            f"p99 {fmt_us(res['p99_us']):>7s}  server {res.get('server_us_per_op', 0):6.1f} µs/msg "
+            f"(util {res.get('server_util') or 0:.0%}; client ceiling {fmt_rate(res.get('client_ceiling'))})"
+        )
 
     interleave(ctx, "S1", ws_variants(ctx, ["memory"]), ctx.args.rounds, body)
 
@@ -252,16 +304,50 @@ def s2(ctx: Ctx) -> None:
 
     def body(srv: Server, v: Variant, r: int) -> None:
         room = f"/chat/r{r}"
-        res = ws_window(srv, "broadcast", room, clients=100, senders=p.s2_senders, warmup=p.s2_warmup,
-                        duration=p.s2_duration)
-        ctx.record(kind="result", scenario="S2", sub="max", target=v.target, layer=v.layer, round=r, **res)
-        ctx.log(f"  [S2 r{r}] {v.key:24s} max {fmt_rate(res['rate']):>7s} deliv/s  p50 {fmt_us(res['p50_us']):>7s} "
-                f"p99 {fmt_us(res['p99_us']):>7s}  {res.get('server_us_per_op', 0):5.1f} µs/deliv  lost {res['lost']}")
-        res = ws_window(srv, "broadcast", room + "f", clients=100, rate=p.s2_rate, warmup=p.s2_fixed_warmup,
-                        duration=p.s2_duration)
-        ctx.record(kind="result", scenario="S2", sub="fixed", target=v.target, layer=v.layer, round=r, **res)
-        ctx.log(f"  [S2 r{r}] {v.key:24s} @{fmt_rate(p.s2_rate)}/s got {fmt_rate(res['rate']):>6s}  "
-                f"p50 {fmt_us(res['p50_us']):>7s} p99 {fmt_us(res['p99_us']):>7s}  lost {res['lost']}")
+        res = ws_window(
+            srv,
+            "broadcast",
+            room,
+            clients=100,
+            senders=p.s2_senders,
+            warmup=p.s2_warmup,
+            duration=p.s2_duration,
+        )
+        ctx.record(
+            kind="result",
+            scenario="S2",
+            sub="max",
+            target=v.target,
+            layer=v.layer,
+            round=r,
+            **res,
+        )
+        ctx.log(
+            f"  [S2 r{r}] {v.key:24s} max {fmt_rate(res['rate']):>7s} deliv/s  p50 {fmt_us(res['p50_us']):>7s} "
+            f"p99 {fmt_us(res['p99_us']):>7s}  {res.get('server_us_per_op', 0):5.1f} µs/deliv  lost {res['lost']}"
+        )
+        res = ws_window(
+            srv,
+            "broadcast",
+            room + "f",
+            clients=100,
+            rate=p.s2_rate,
+            warmup=p.s2_fixed_warmup,
+            duration=p.s2_duration,
+        )
+        ctx.record(
+            kind="result",
+            scenario="S2",
+            sub="fixed",
+            target=v.target,
+            layer=v.layer,
+            round=r,
+            **res,
+        )
+        ctx.log(
+            f"  [S2 r{r}] {v.key:24s} @{fmt_rate(p.s2_rate)}/s got {fmt_rate(res['rate']):>6s}  "
+            f"p50 {fmt_us(res['p50_us']):>7s} p99 {fmt_us(res['p99_us']):>7s}  lost {res['lost']}"
+        )
 
     if "redis" in layers:
         redis_cleanup()
@@ -292,25 +378,81 @@ def s3(ctx: Ctx) -> None:
                 for impl, _kind, _who in impls:
                     if impl in broken:
                         continue
-                    python = (CHANNELS_VENV if impl.startswith("channels") else PROJECT_VENV) / "bin" / "python"
-                    argv = ["taskset", "-c", SERVER_CPU, str(python), str(BENCH / "s3_layers.py"), "--impl", impl,
-                            "--test", test, "--duration", str(p.s3_duration), "--warmup", str(p.s3_warmup)]
-                    env = {**os.environ, "REDIS_URL": REDIS_URL, "PYTHONPATH": str(ROOT)}
+                    python = (
+                        (CHANNELS_VENV if impl.startswith("channels") else PROJECT_VENV)
+                        / "bin"
+                        / "python"
+                    )
+                    argv = [
+                        "taskset",
+                        "-c",
+                        SERVER_CPU,
+                        str(python),
+                        str(BENCH / "s3_layers.py"),
+                        "--impl",
+                        impl,
+                        "--test",
+                        test,
+                        "--duration",
+                        str(p.s3_duration),
+                        "--warmup",
+                        str(p.s3_warmup),
+                    ]
+                    env = {
+                        **os.environ,
+                        "REDIS_URL": REDIS_URL,
+                        "PYTHONPATH": str(ROOT),
+                    }
                     env.pop("VIRTUAL_ENV", None)
                     try:
-                        cp = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+                        cp = subprocess.run(
+                            argv,
+                            capture_output=True,
+                            text=True,
+                            timeout=120,
+                            env=env,
+                            cwd=ROOT,
+                        )
                         res = json.loads(cp.stdout.strip().splitlines()[-1])
-                    except (subprocess.SubprocessError, IndexError, json.JSONDecodeError) as exc:
-                        err = (getattr(exc, "stderr", None) or (cp.stderr if "cp" in locals() else "") or str(exc))
-                        short = str(err).strip().splitlines()[-1][:300] if str(err).strip() else repr(exc)
+                    except (
+                        subprocess.SubprocessError,
+                        IndexError,
+                        json.JSONDecodeError,
+                    ) as exc:
+                        err = (
+                            getattr(exc, "stderr", None)
+                            or (cp.stderr if "cp" in locals() else "")
+                            or str(exc)
+                        )
+                        short = (
+                            str(err).strip().splitlines()[-1][:300]
+                            if str(err).strip()
+                            else repr(exc)
+                        )
                         ctx.log(f"  [S3 r{r}] {impl} {test}: SKIPPED ({short})")
-                        ctx.record(kind="skip", scenario="S3", target=impl, layer=_kind, reason=short)
+                        ctx.record(
+                            kind="skip",
+                            scenario="S3",
+                            target=impl,
+                            layer=_kind,
+                            reason=short,
+                        )
                         ctx.skipped[f"S3:{impl}"] = short
                         broken.add(impl)
                         continue
-                    ctx.record(kind="result", scenario="S3", sub=test, target=impl, layer=_kind, round=r, **res)
-                    ctx.log(f"  [S3 r{r}] {impl:16s} {test:5s} {fmt_rate(res['rate']):>7s}/s  "
-                            f"{res['cpu_us_per_op']:7.1f} µs CPU/op")
+                    ctx.record(
+                        kind="result",
+                        scenario="S3",
+                        sub=test,
+                        target=impl,
+                        layer=_kind,
+                        round=r,
+                        **res,
+                    )
+                    ctx.log(
+                        f"  [S3 r{r}] {impl:16s} {test:5s} {fmt_rate(res['rate']):>7s}/s  "
+                        f"{res['cpu_us_per_op']:7.1f} µs CPU/op"
+                    )
     finally:
         redis_cleanup()
 
@@ -325,19 +467,46 @@ def s4(ctx: Ctx) -> None:
 
         def on_event(name: str, _e: dict[str, Any]) -> str | None:
             if name == "opened":
-                time.sleep(1.5)  # let the server settle (handshakes done, buffers allocated)
+                time.sleep(
+                    1.5
+                )  # let the server settle (handshakes done, buffers allocated)
                 marks["rss1"] = srv.rss()
                 return "close"
             return None
 
-        res = run_ws("idle", srv.url("/echo"), on_event=on_event, clients=p.s4_clients, time_limit=120)
+        res = run_ws(
+            "idle",
+            srv.url("/echo"),
+            on_event=on_event,
+            clients=p.s4_clients,
+            time_limit=120,
+        )
         rss1 = marks["rss1"]
         per = (rss1 - rss0) / p.s4_clients
-        ctx.record(kind="result", scenario="S4", target=v.target, layer=v.layer, round=r, clients=p.s4_clients,
-                   rss_before=rss0, rss_open=rss1, bytes_per_conn=per, opened=res.get("clients"))
-        ctx.log(f"  [S4 r{r}] {v.key:18s} {per / 1024:6.1f} KB/conn  (RSS {rss0 / 2**20:.1f} -> {rss1 / 2**20:.1f} MiB)")
+        ctx.record(
+            kind="result",
+            scenario="S4",
+            target=v.target,
+            layer=v.layer,
+            round=r,
+            clients=p.s4_clients,
+            rss_before=rss0,
+            rss_open=rss1,
+            bytes_per_conn=per,
+            opened=res.get("clients"),
+        )
+        ctx.log(
+            f"  [S4 r{r}] {v.key:18s} {per / 1024:6.1f} KB/conn  (RSS {rss0 / 2**20:.1f} -> {rss1 / 2**20:.1f} MiB)"
+        )
 
-    interleave(ctx, "S4", ws_variants(ctx, ["memory"]), ctx.args.rounds, body, fresh_per_round=True)
+    interleave(
+        ctx,
+        "S4",
+        ws_variants(ctx, ["memory"]),
+        ctx.args.rounds,
+        body,
+        fresh_per_round=True,
+    )
 
 
 def s5(ctx: Ctx) -> None:
@@ -347,14 +516,20 @@ def s5(ctx: Ctx) -> None:
         url = srv.url("/", scheme="http")
         run_wrk(url, connections=p.s5_connections, duration=max(1, int(p.warmup)))
         c0 = srv.cpu()
-        res = run_wrk(url, connections=p.s5_connections, duration=int(max(1, p.duration)))
+        res = run_wrk(
+            url, connections=p.s5_connections, duration=int(max(1, p.duration))
+        )
         cpu = srv.cpu() - c0
         res["server_cpu_s"] = cpu
         res["server_us_per_op"] = cpu / max(res["requests"], 1) * 1e6
         res["server_util"] = cpu / res["wall_s"]
-        ctx.record(kind="result", scenario="S5", target=v.target, layer=v.layer, round=r, **res)
-        ctx.log(f"  [S5 r{r}] {v.key:18s} {fmt_rate(res['rate']):>7s} req/s  p50 {fmt_us(res['p50_us']):>7s} "
-                f"p99 {fmt_us(res['p99_us']):>7s}  server {res['server_us_per_op']:6.1f} µs/req  errors {res['errors']}")
+        ctx.record(
+            kind="result", scenario="S5", target=v.target, layer=v.layer, round=r, **res
+        )
+        ctx.log(
+            f"  [S5 r{r}] {v.key:18s} {fmt_rate(res['rate']):>7s} req/s  p50 {fmt_us(res['p50_us']):>7s} "
+            f"p99 {fmt_us(res['p99_us']):>7s}  server {res['server_us_per_op']:6.1f} µs/req  errors {res['errors']}"
+        )
 
     interleave(ctx, "S5", ws_variants(ctx, ["memory"]), ctx.args.rounds, body)
 
@@ -368,28 +543,64 @@ def s6(ctx: Ctx) -> None:
     def body(srv: Server, v: Variant, r: int) -> None:
         if r == 1:
             rss[v.key] = {"rss_start": srv.rss()}
-            run_ws("churn", srv.url("/echo"), cycles=p.s6_warmup_cycles, concurrency=p.s6_concurrency, time_limit=300)
+            run_ws(
+                "churn",
+                srv.url("/echo"),
+                cycles=p.s6_warmup_cycles,
+                concurrency=p.s6_concurrency,
+                time_limit=300,
+            )
             time.sleep(1.0)
             rss[v.key]["rss_before"] = srv.rss()
-        res = ws_window(srv, "churn", "/echo", cycles=per_round, concurrency=p.s6_concurrency, time_limit=600)
-        ctx.record(kind="result", scenario="S6", target=v.target, layer=v.layer, round=r, **res)
-        ctx.log(f"  [S6 r{r}] {v.key:18s} {fmt_rate(res['rate']):>7s} conn/s  p99 {fmt_us(res['p99_us']):>7s}  "
-                f"server {res.get('server_us_per_op', 0):7.1f} µs/conn  errors {res['errors']}")
+        res = ws_window(
+            srv,
+            "churn",
+            "/echo",
+            cycles=per_round,
+            concurrency=p.s6_concurrency,
+            time_limit=600,
+        )
+        ctx.record(
+            kind="result", scenario="S6", target=v.target, layer=v.layer, round=r, **res
+        )
+        ctx.log(
+            f"  [S6 r{r}] {v.key:18s} {fmt_rate(res['rate']):>7s} conn/s  p99 {fmt_us(res['p99_us']):>7s}  "
+            f"server {res.get('server_us_per_op', 0):7.1f} µs/conn  errors {res['errors']}"
+        )
         if r == rounds:
             time.sleep(1.0)
             after = srv.rss()
             info = rss[v.key]
             growth = after / info["rss_before"] - 1
-            ctx.record(kind="result", scenario="S6", sub="rss", target=v.target, layer=v.layer, round=0,
-                       cycles=per_round * rounds, rss_after=after, growth=growth, **info)
-            ctx.log(f"  [S6]    {v.key:18s} RSS {info['rss_start'] / 2**20:.1f} (fresh) -> "
-                    f"{info['rss_before'] / 2**20:.1f} (after {p.s6_warmup_cycles} warm-up) -> "
-                    f"{after / 2**20:.1f} MiB after {per_round * rounds} cycles ({growth:+.1%})")
+            ctx.record(
+                kind="result",
+                scenario="S6",
+                sub="rss",
+                target=v.target,
+                layer=v.layer,
+                round=0,
+                cycles=per_round * rounds,
+                rss_after=after,
+                growth=growth,
+                **info,
+            )
+            ctx.log(
+                f"  [S6]    {v.key:18s} RSS {info['rss_start'] / 2**20:.1f} (fresh) -> "
+                f"{info['rss_before'] / 2**20:.1f} (after {p.s6_warmup_cycles} warm-up) -> "
+                f"{after / 2**20:.1f} MiB after {per_round * rounds} cycles ({growth:+.1%})"
+            )
 
     interleave(ctx, "S6", ws_variants(ctx, ["memory"]), rounds, body)
 
 
-SCENARIOS: dict[str, Callable[[Ctx], None]] = {"S1": s1, "S2": s2, "S3": s3, "S4": s4, "S5": s5, "S6": s6}
+SCENARIOS: dict[str, Callable[[Ctx], None]] = {
+    "S1": s1,
+    "S2": s2,
+    "S3": s3,
+    "S4": s4,
+    "S5": s5,
+    "S6": s6,
+}
 
 
 # ------------------------------------------------------------------ main
@@ -407,18 +618,40 @@ def preflight() -> list[str]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scenarios", default=",".join(ALL_SCENARIOS),
-                    help="comma-separated subset of S1..S6 (default: all)")
-    ap.add_argument("--rounds", type=int, default=None,
-                    help="rounds per scenario (default 3; 1 with --quick). The README wants at least 3")
-    ap.add_argument("--quick", action="store_true",
-                    help="smoke run, ~3-4 min: 1 round, 2 s windows, S4 with 1,000 and S6 with 1,500 connections")
-    ap.add_argument("--targets", default="", help="comma-separated subset of: " + ", ".join(TARGETS))
-    ap.add_argument("--no-redis", action="store_true", help="skip the Redis variants of S2 and S3")
-    ap.add_argument("--no-report", action="store_true", help="do not regenerate bench/README.md")
-    ap.add_argument("--ceiling", action=argparse.BooleanOptionalAction, default=True,
-                    help="measure the load generator's own ceiling first (default on)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--scenarios",
+        default=",".join(ALL_SCENARIOS),
+        help="comma-separated subset of S1..S6 (default: all)",
+    )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="rounds per scenario (default 3; 1 with --quick). The README wants at least 3",
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run, ~3-4 min: 1 round, 2 s windows, S4 with 1,000 and S6 with 1,500 connections",
+    )
+    ap.add_argument(
+        "--targets", default="", help="comma-separated subset of: " + ", ".join(TARGETS)
+    )
+    ap.add_argument(
+        "--no-redis", action="store_true", help="skip the Redis variants of S2 and S3"
+    )
+    ap.add_argument(
+        "--no-report", action="store_true", help="do not regenerate bench/README.md"
+    )
+    ap.add_argument(
+        "--ceiling",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="measure the load generator's own ceiling first (default on)",
+    )
     args = ap.parse_args()
     if args.rounds is None:
         args.rounds = 1 if args.quick else 3
@@ -438,35 +671,64 @@ def main() -> int:
         return 2
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    run_id = _dt.datetime.now().strftime("%Y%m%d-%H%M%S") + ("-quick" if args.quick else "")
-    ctx = Ctx(args, Params.quick() if args.quick else Params(), run_id, RESULTS / f"run-{run_id}.jsonl")
-    ctx.log(f"run {run_id}: scenarios {','.join(scenarios)}, {args.rounds} rounds"
-            f"{' (quick)' if args.quick else ''}; raw results -> {ctx.out.relative_to(ROOT)}")
-    ctx.record(kind="run", scenarios=scenarios, rounds=args.rounds, params=ctx.params.__dict__,
-               targets=args.targets or list(TARGETS), versions=versions(), machine=machine(),
-               host=platform.node(), loadavg=os.getloadavg(), argv=sys.argv[1:])
+    run_id = _dt.datetime.now().strftime("%Y%m%d-%H%M%S") + (
+        "-quick" if args.quick else ""
+    )
+    ctx = Ctx(
+        args,
+        Params.quick() if args.quick else Params(),
+        run_id,
+        RESULTS / f"run-{run_id}.jsonl",
+    )
+    ctx.log(
+        f"run {run_id}: scenarios {','.join(scenarios)}, {args.rounds} rounds"
+        f"{' (quick)' if args.quick else ''}; raw results -> {ctx.out.relative_to(ROOT)}"
+    )
+    ctx.record(
+        kind="run",
+        scenarios=scenarios,
+        rounds=args.rounds,
+        params=ctx.params.__dict__,
+        targets=args.targets or list(TARGETS),
+        versions=versions(),
+        machine=machine(),
+        host=platform.node(),
+        loadavg=os.getloadavg(),
+        argv=sys.argv[1:],
+    )
     if args.ceiling:
-        from loadgen import measure_ceiling  # noqa: PLC0415
+        from loadgen import measure_ceiling
 
         ctx.log("load generator ceiling: node ws client vs bare ASGI echo on uvicorn")
         ceil = measure_ceiling(duration=ctx.params.duration, with_python=not args.quick)
         for client, res in ceil.items():
             ctx.record(kind="ceiling", client=client, **res)
-            ctx.log(f"  {client:22s} {fmt_rate(res['rate']):>7s} msgs/s at {res.get('client_util', 0):.0%} of its core "
-                    f"({res['client_us_per_msg']:.1f} µs/msg -> ceiling {fmt_rate(res['client_ceiling'])} msgs/s)")
+            ctx.log(
+                f"  {client:22s} {fmt_rate(res['rate']):>7s} msgs/s at {res.get('client_util', 0):.0%} of its core "
+                f"({res['client_us_per_msg']:.1f} µs/msg -> ceiling {fmt_rate(res['client_ceiling'])} msgs/s)"
+            )
     for s in scenarios:
         lib = library_version()
         ctx.log(f"== {s} == (trichannels {lib})")
         ctx.record(kind="scenario_start", scenario=s, trichannels=lib)
         t = time.monotonic()
         SCENARIOS[s](ctx)
-        ctx.record(kind="scenario_done", scenario=s, seconds=time.monotonic() - t, loadavg=os.getloadavg())
+        ctx.record(
+            kind="scenario_done",
+            scenario=s,
+            seconds=time.monotonic() - t,
+            loadavg=os.getloadavg(),
+        )
     ctx.record(kind="done", seconds=time.monotonic() - ctx.t0, skipped=ctx.skipped)
-    ctx.log(f"done in {(time.monotonic() - ctx.t0) / 60:.1f} min; results in {ctx.out.relative_to(ROOT)}")
+    ctx.log(
+        f"done in {(time.monotonic() - ctx.t0) / 60:.1f} min; results in {ctx.out.relative_to(ROOT)}"
+    )
     if ctx.skipped:
         ctx.log("skipped: " + "; ".join(f"{k}: {v}" for k, v in ctx.skipped.items()))
     if not args.no_report:
-        report = subprocess.run([str(CHANNELS_VENV / "bin" / "python"), str(BENCH / "report.py")])
+        report = subprocess.run(
+            [str(CHANNELS_VENV / "bin" / "python"), str(BENCH / "report.py")]
+        )
         if report.returncode:
             ctx.log("report.py failed")
             return report.returncode

@@ -56,7 +56,13 @@ async def _pairs(layer, duration: float, warmup: float) -> dict:
             break
     wall = time.perf_counter() - t0
     cpu = time.process_time() - c0
-    return {"pairs": n, "rate": n / wall, "wall_s": wall, "cpu_s": cpu, "cpu_us_per_op": cpu / n * 1e6}
+    return {
+        "pairs": n,
+        "rate": n / wall,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "cpu_us_per_op": cpu / n * 1e6,
+    }
 
 
 async def _group(layer, duration: float, warmup: float, members: int) -> dict:
@@ -86,8 +92,15 @@ async def _group(layer, duration: float, warmup: float, members: int) -> dict:
     n = rounds * members
     for ch in channels:
         await layer.group_discard(group, ch)
-    return {"group_sends": rounds, "members": members, "deliveries": n, "rate": n / wall, "wall_s": wall,
-            "cpu_s": cpu, "cpu_us_per_op": cpu / n * 1e6}
+    return {
+        "group_sends": rounds,
+        "members": members,
+        "deliveries": n,
+        "rate": n / wall,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "cpu_us_per_op": cpu / n * 1e6,
+    }
 
 
 # ------------------------------------------------------------------ Channels' layers (asyncio)
@@ -95,15 +108,17 @@ async def _group(layer, duration: float, warmup: float, members: int) -> dict:
 
 def _channels_layer(impl: str):
     if impl == "channels-memory":
-        from channels.layers import InMemoryChannelLayer  # noqa: PLC0415
+        from channels.layers import InMemoryChannelLayer
 
         return InMemoryChannelLayer()
     if impl == "channels-redis":
-        from channels_redis.core import RedisChannelLayer  # noqa: PLC0415
+        from channels_redis.core import RedisChannelLayer
 
-        return RedisChannelLayer(hosts=[{"address": REDIS_URL, "socket_timeout": None}], prefix=PREFIX)
+        return RedisChannelLayer(
+            hosts=[{"address": REDIS_URL, "socket_timeout": None}], prefix=PREFIX
+        )
     if impl == "channels-pubsub":
-        from channels_redis.pubsub import RedisPubSubChannelLayer  # noqa: PLC0415
+        from channels_redis.pubsub import RedisPubSubChannelLayer
 
         return RedisPubSubChannelLayer(hosts=[REDIS_URL], prefix=PREFIX)
     raise ValueError(impl)
@@ -129,12 +144,12 @@ async def _run_channels(args) -> dict:
 
 def _tri_layer(impl: str):
     if impl == "tri-memory":
-        from trichannels.layers.memory import InMemoryChannelLayer  # noqa: PLC0415
+        from trichannels.layers.memory import InMemoryChannelLayer
 
         return InMemoryChannelLayer()
     if impl == "tri-redis":
         # Built exactly as the registry builds it from a redis:// URL.
-        from trichannels.layers import ChannelLayerManager  # noqa: PLC0415
+        from trichannels.layers import ChannelLayerManager
 
         manager = ChannelLayerManager()
         manager.configure({"default": REDIS_URL})
@@ -144,12 +159,14 @@ def _tri_layer(impl: str):
 
 async def _run_tri(args) -> dict:
     made = _tri_layer(args.impl)
-    if hasattr(made, "open"):  # a ChannelLayerManager: open its layer as the lifespan does
-        cm = made.open()
-    else:
-        cm = made
+    # A ChannelLayerManager is opened as the lifespan opens it; a bare layer is its own context.
+    cm = made.open() if hasattr(made, "open") else made
     async with cm as opened:
-        layer = opened["default"] if isinstance(opened, dict) or hasattr(opened, "keys") else opened
+        layer = (
+            opened["default"]
+            if isinstance(opened, dict) or hasattr(opened, "keys")
+            else opened
+        )
         try:
             if args.test == "pairs":
                 return await _pairs(layer, args.duration, args.warmup)
@@ -160,21 +177,32 @@ async def _run_tri(args) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--impl", required=True,
-                    choices=["channels-memory", "channels-redis", "channels-pubsub", "tri-memory", "tri-redis"])
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--impl",
+        required=True,
+        choices=[
+            "channels-memory",
+            "channels-redis",
+            "channels-pubsub",
+            "tri-memory",
+            "tri-redis",
+        ],
+    )
     ap.add_argument("--test", choices=["pairs", "group"], required=True)
     ap.add_argument("--duration", type=float, default=2.0)
     ap.add_argument("--warmup", type=float, default=0.5)
     ap.add_argument("--members", type=int, default=100)
     args = ap.parse_args()
     if args.impl.startswith("channels-"):
-        import asyncio  # noqa: PLC0415
+        import asyncio
 
         result = asyncio.run(_run_channels(args))
     else:
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-        import trio  # noqa: PLC0415
+        import trio
 
         result = trio.run(_run_tri, args)
     result.update({"impl": args.impl, "test": args.test})

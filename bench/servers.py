@@ -16,6 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -43,29 +44,66 @@ class Target:
 
     def argv(self, port: int) -> list[str]:
         bindir = self.venv() / "bin"
-        module = {"tri": "apps.tri:application", "dj": "apps.dj.asgi:application",
-                  "floor": "apps.floor:application"}[self.app]
+        module = {
+            "tri": "apps.tri:application",
+            "dj": "apps.dj.asgi:application",
+            "floor": "apps.floor:application",
+        }[self.app]
         if self.server == "hypercorn-trio":
             # -w 0: serve in this process (the same trio worker a worker process runs),
             # so the pid we sample and profile is the one doing the work.
-            return [str(bindir / "hypercorn"), "-k", "trio", "-w", "0", "-b", f"127.0.0.1:{port}",
-                    "--log-level", "WARNING", module]
+            return [
+                str(bindir / "hypercorn"),
+                "-k",
+                "trio",
+                "-w",
+                "0",
+                "-b",
+                f"127.0.0.1:{port}",
+                "--log-level",
+                "WARNING",
+                module,
+            ]
         if self.server == "uvicorn":
-            return [str(bindir / "uvicorn"), module, "--host", "127.0.0.1", "--port", str(port),
-                    "--no-access-log", "--log-level", "warning", "--lifespan", "auto"]
+            return [
+                str(bindir / "uvicorn"),
+                module,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--no-access-log",
+                "--log-level",
+                "warning",
+                "--lifespan",
+                "auto",
+            ]
         if self.server == "daphne":
-            return [str(bindir / "daphne"), "-b", "127.0.0.1", "-p", str(port), "-v", "0", module]
+            return [
+                str(bindir / "daphne"),
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-v",
+                "0",
+                module,
+            ]
         raise ValueError(self.server)
 
 
 TARGETS: dict[str, Target] = {
     t.name: t
     for t in [
-        Target("tri-hypercorn", "tri", "hypercorn-trio", "trichannels / Hypercorn-trio"),
+        Target(
+            "tri-hypercorn", "tri", "hypercorn-trio", "trichannels / Hypercorn-trio"
+        ),
         Target("tri-uvicorn", "tri", "uvicorn", "trichannels / uvicorn"),
         Target("dj-daphne", "dj", "daphne", "Channels / daphne"),
         Target("dj-uvicorn", "dj", "uvicorn", "Channels / uvicorn"),
-        Target("floor-hypercorn", "floor", "hypercorn-trio", "bare ASGI / Hypercorn-trio"),
+        Target(
+            "floor-hypercorn", "floor", "hypercorn-trio", "bare ASGI / Hypercorn-trio"
+        ),
         Target("floor-uvicorn", "floor", "uvicorn", "bare ASGI / uvicorn"),
     ]
 }
@@ -78,7 +116,7 @@ def free_port() -> int:
 
 
 def _raise_nofile() -> None:
-    import resource  # noqa: PLC0415
+    import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with contextlib.suppress(ValueError, OSError):
@@ -90,7 +128,12 @@ def _children(pid: int) -> list[int]:
     try:
         for tid in os.listdir(f"/proc/{pid}/task"):
             with contextlib.suppress(OSError):
-                out += [int(c) for c in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
+                out += [
+                    int(c)
+                    for c in Path(f"/proc/{pid}/task/{tid}/children")
+                    .read_text()
+                    .split()
+                ]
     except OSError:
         pass
     return out
@@ -115,7 +158,7 @@ def cpu_seconds(pid: int) -> float:
             stat = Path(f"/proc/{p}/stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()
+        fields = stat[stat.rindex(")") + 2 :].split()
         total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
     return total / CLK_TCK
 
@@ -149,7 +192,9 @@ class Server:
     def start(self, timeout: float = 30.0) -> Server:
         self.port = self.port or free_port()
         LOGS.mkdir(parents=True, exist_ok=True)
-        layer = self.env_extra.get("TRI_LAYER") or self.env_extra.get("DJ_LAYER") or "none"
+        layer = (
+            self.env_extra.get("TRI_LAYER") or self.env_extra.get("DJ_LAYER") or "none"
+        )
         tag = f"{self.target.name}-{layer}"
         self.log_path = LOGS / f"{tag}-{self.port}.log"
         env = dict(os.environ)
@@ -164,20 +209,33 @@ class Server:
         argv = ["taskset", "-c", SERVER_CPU, *self.target.argv(self.port)]
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            argv, cwd=BENCH, env=env, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, preexec_fn=_raise_nofile, start_new_session=True,
+            argv,
+            cwd=BENCH,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_raise_nofile,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.target.name} exited at start; see {self.log_path}:\n"
-                                   + self.log_tail())
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+                raise RuntimeError(
+                    f"{self.target.name} exited at start; see {self.log_path}:\n"
+                    + self.log_tail()
+                )
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 0.2),
+            ):
                 break
             time.sleep(0.1)
         else:
             self.stop()
-            raise RuntimeError(f"{self.target.name} did not listen within {timeout}s; see {self.log_path}")
+            raise RuntimeError(
+                f"{self.target.name} did not listen within {timeout}s; see {self.log_path}"
+            )
         time.sleep(0.3)  # lifespan startup (layers opening) finishes after listen
         return self
 
@@ -207,7 +265,7 @@ class Server:
                 self.proc.kill()  # this very process, by its pid
             self.proc.wait(5)
 
-    def __enter__(self) -> Server:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -220,13 +278,23 @@ def library_version() -> str:
     Other people commit while the suite runs, and servers import the work tree, so this
     is recorded when each scenario starts (its servers start then)."""
     try:
-        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "trichannels"],
-                               capture_output=True, text=True, timeout=10).stdout.splitlines()
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "trichannels"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.splitlines()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    return head + (f" + {len(dirty)} uncommitted file(s) in trichannels/" if dirty else "")
+    return head + (
+        f" + {len(dirty)} uncommitted file(s) in trichannels/" if dirty else ""
+    )
 
 
 def versions() -> dict[str, str]:
@@ -235,8 +303,12 @@ def versions() -> dict[str, str]:
 
     def freeze(python: Path, names: set[str]) -> dict[str, str]:
         try:
-            text = subprocess.run([str(python), "-m", "pip", "freeze", "--all"], capture_output=True,
-                                  text=True, timeout=60).stdout
+            text = subprocess.run(
+                [str(python), "-m", "pip", "freeze", "--all"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            ).stdout
         except (OSError, subprocess.TimeoutExpired):
             return {}
         got = {}
@@ -247,10 +319,35 @@ def versions() -> dict[str, str]:
                     got[k.lower()] = v
         return got
 
-    tri_names = {"trio", "anyio", "hypercorn", "wsproto", "h11", "uvicorn", "uvloop", "websockets",
-                 "httptools", "coredis", "msgpack"}
-    dj_names = {"django", "channels", "channels-redis", "channels_redis", "daphne", "twisted",
-                "autobahn", "uvicorn", "uvloop", "websockets", "httptools", "redis", "asgiref", "msgpack"}
+    tri_names = {
+        "trio",
+        "anyio",
+        "hypercorn",
+        "wsproto",
+        "h11",
+        "uvicorn",
+        "uvloop",
+        "websockets",
+        "httptools",
+        "coredis",
+        "msgpack",
+    }
+    dj_names = {
+        "django",
+        "channels",
+        "channels-redis",
+        "channels_redis",
+        "daphne",
+        "twisted",
+        "autobahn",
+        "uvicorn",
+        "uvloop",
+        "websockets",
+        "httptools",
+        "redis",
+        "asgiref",
+        "msgpack",
+    }
     for k, v in freeze(PROJECT_VENV / "bin" / "python", tri_names).items():
         out[f"project:{k}"] = v
     for k, v in freeze(CHANNELS_VENV / "bin" / "python", dj_names).items():
@@ -259,8 +356,11 @@ def versions() -> dict[str, str]:
         out["trichannels"] = library_version()
     except OSError:
         pass
-    for name, argv in {"node": ["node", "--version"], "redis": ["redis-server", "--version"],
-                       "wrk": ["wrk", "--version"]}.items():
+    for name, argv in {
+        "node": ["node", "--version"],
+        "redis": ["redis-server", "--version"],
+        "wrk": ["wrk", "--version"],
+    }.items():
         try:
             r = subprocess.run(argv, capture_output=True, text=True, timeout=10)
             out[name] = (r.stdout or r.stderr).strip().splitlines()[0][:80]
@@ -268,7 +368,7 @@ def versions() -> dict[str, str]:
             out[name] = "missing"
     pkg = NODE_MODULES / "ws" / "package.json"
     if pkg.exists():
-        import json  # noqa: PLC0415
+        import json
 
         out["ws (npm)"] = json.loads(pkg.read_text())["version"]
     return out
@@ -277,12 +377,21 @@ def versions() -> dict[str, str]:
 def machine() -> dict[str, str]:
     info: dict[str, str] = {}
     try:
-        info["uname"] = subprocess.run(["uname", "-srm"], capture_output=True, text=True).stdout.strip()
+        info["uname"] = subprocess.run(
+            ["uname", "-srm"], capture_output=True, text=True
+        ).stdout.strip()
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
         for line in lscpu.splitlines():
             k, _, v = line.partition(":")
-            if k.strip() in {"Model name", "CPU(s)", "Thread(s) per core", "CPU MHz", "L2 cache", "L3 cache",
-                             "Hypervisor vendor"}:
+            if k.strip() in {
+                "Model name",
+                "CPU(s)",
+                "Thread(s) per core",
+                "CPU MHz",
+                "L2 cache",
+                "L3 cache",
+                "Hypervisor vendor",
+            }:
                 info[k.strip()] = v.strip()
         mem = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
         info["memory"] = f"{int(mem) // 1024 // 1024} GiB"

@@ -19,7 +19,10 @@ from __future__ import annotations
 import json
 
 _BODY = b"Hello, world!\n"
-_HEADERS = [(b"content-type", b"text/plain"), (b"content-length", str(len(_BODY)).encode())]
+_HEADERS = [
+    (b"content-type", b"text/plain"),
+    (b"content-length", str(len(_BODY)).encode()),
+]
 
 # room name -> {connection id: ASGI send callable}
 _ROOMS: dict[str, dict[int, object]] = {}
@@ -78,11 +81,14 @@ async def _chat(room_name, receive, send):
             kind = message["type"]
             if kind == "websocket.receive":
                 text = json.loads(message.get("text") or "{}").get("message", "")
-                event = {"type": "websocket.send", "text": json.dumps({"message": text})}
+                event = {
+                    "type": "websocket.send",
+                    "text": json.dumps({"message": text}),
+                }
                 for member_send in list(room.values()):
                     try:
                         await member_send(event)
-                    except Exception:  # a member that is going away  # noqa: BLE001, PERF203
+                    except Exception:  # a member that is going away
                         pass
             elif kind == "websocket.disconnect":
                 return
@@ -97,7 +103,7 @@ async def application(scope, receive, send):
     elif kind == "websocket":
         path = scope["path"]
         if path.startswith("/chat/"):
-            await _chat(path[len("/chat/"):].strip("/"), receive, send)
+            await _chat(path[len("/chat/") :].strip("/"), receive, send)
         else:
             await _echo(receive, send)
     elif kind == "lifespan":

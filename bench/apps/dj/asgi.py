@@ -7,12 +7,13 @@ from channels.routing import ProtocolTypeRouter, URLRouter
 from channels.security.websocket import AllowedHostsOriginValidator
 from django.core.asgi import get_asgi_application
 
+from . import routing
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "apps.dj.settings")
 # Initialize Django ASGI application early to ensure the AppRegistry
 # is populated before importing code that may import ORM models.
 django_asgi_app = get_asgi_application()
 
-from . import routing  # noqa: E402
 
 application = ProtocolTypeRouter(
     {

@@ -24,7 +24,11 @@ ASGI_APPLICATION = "apps.dj.asgi.application"
 DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
 USE_TZ = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-LOGGING = {"version": 1, "disable_existing_loggers": False, "root": {"level": "WARNING"}}
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "root": {"level": "WARNING"},
+}
 
 _LAYER = os.environ.get("DJ_LAYER", "memory")
 _REDIS = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -34,7 +38,10 @@ if _LAYER == "redis":
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             # socket_timeout=None: with redis-py 8 the default (5 s) equals brpop_timeout
             # and idle receivers raise TimeoutError (channels_redis#422).
-            "CONFIG": {"hosts": [{"address": _REDIS, "socket_timeout": None}], "prefix": "benchdj"},
+            "CONFIG": {
+                "hosts": [{"address": _REDIS, "socket_timeout": None}],
+                "prefix": "benchdj",
+            },
         }
     }
 elif _LAYER == "redis-pubsub":
