@@ -47,7 +47,6 @@ awaiting a ``sync_to_async`` call is cancelled, the call is *abandoned*:
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import functools
 import inspect
@@ -63,7 +62,6 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 import sniffio
-import trio
 
 __all__ = [
     "CallAbandoned",
@@ -533,10 +531,12 @@ def _is_plain_function(obj: object) -> bool:
 
 
 def _event_loop_running_here() -> bool:
+    # sniffio knows every backend (our worker threads clear its context variable),
+    # so this module need not import trio or asyncio to ask.
     try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return trio.lowlevel.in_trio_run()
+        sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        return False
     return True
 
 
