@@ -40,15 +40,16 @@ _REPR_LIMIT: Final = 60
 _Check = Callable[[Message], None]
 
 
-def _short(value: object) -> str:
+def short_repr(value: object, limit: int = _REPR_LIMIT) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for error messages and logs."""
     text = repr(value)
-    if len(text) > _REPR_LIMIT:
-        return text[: _REPR_LIMIT - 3] + "..."
+    if len(text) > limit:
+        return text[: limit - 3] + "..."
     return text
 
 
 def _wrong_type(kind: str, field: str, expected: str, value: object) -> NoReturn:
-    msg = f"{kind} {field!r} must be {expected}, got {type(value).__name__} {_short(value)}"
+    msg = f"{kind} {field!r} must be {expected}, got {type(value).__name__} {short_repr(value)}"
     raise TypeError(msg)
 
 
@@ -248,9 +249,9 @@ _BY_SCOPE: Final[Mapping[str, Mapping[str, _Check]]] = {
 
 def _malformed(message: object) -> NoReturn:
     if not isinstance(message, Mapping):
-        msg = f"an ASGI message must be a mapping, got {type(message).__name__} {_short(message)}"
+        msg = f"an ASGI message must be a mapping, got {type(message).__name__} {short_repr(message)}"
         raise TypeError(msg) from None
-    msg = f"an ASGI message needs a 'type' key, got {_short(message)}"
+    msg = f"an ASGI message needs a 'type' key, got {short_repr(message)}"
     raise ValueError(msg) from None
 
 

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 import anyio
 from anyio.abc import TaskGroup
 
-from trichannels._validation import validate_outgoing
+from trichannels._validation import short_repr, validate_outgoing
 from trichannels.exceptions import StopConsumer
 from trichannels.sync import ThreadSensitiveContext, async_to_sync, sync_to_async
 from trichannels.types import Message
@@ -64,10 +64,7 @@ _REPR_LIMIT: Final = 200
 
 
 def _short_repr(value: object) -> str:
-    text = repr(value)
-    if len(text) > _REPR_LIMIT:
-        return text[: _REPR_LIMIT - 3] + "..."
-    return text
+    return short_repr(value, _REPR_LIMIT)
 
 
 class RefusedLayerMessage(ValueError):

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Final, Literal
 
 import attrs
 
+from trichannels._validation import short_repr
 from trichannels.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
@@ -216,8 +217,7 @@ def _origin_of(scope: Scope) -> _Origin | str:
 
 
 def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= _LOG_LIMIT else text[: _LOG_LIMIT - 3] + "..."
+    return short_repr(value, _LOG_LIMIT)
 
 
 class OriginValidator:
