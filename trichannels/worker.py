@@ -24,9 +24,10 @@ and, on at-least-once channels, to be acknowledged.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -107,13 +108,11 @@ async def run_worker(
         from trichannels.layers import get_channel_layer  # import here: import cycle
 
         layer = get_channel_layer(alias)
-    stopping = anyio.Event()
+    stop = _Stop(grace_period)
     async with anyio.create_task_group() as tg:
         for name in names:
             for _ in range(concurrency):
-                tg.start_soon(
-                    _take_messages, application, layer, name, stopping, grace_period
-                )
+                tg.start_soon(_take_messages, application, layer, name, stop)
         logger.info("worker serving %s (concurrency %d)", ", ".join(names), concurrency)
         task_status.started()
         try:
@@ -121,53 +120,66 @@ async def run_worker(
         finally:
             # Runs before the task group cancels its children, so handlers that are
             # mid-message start their grace period now.
-            stopping.set()
+            stop.begin()
 
 
-class _Abandoned(Exception):
-    """A message in hand did not finish within the grace period after stop."""
+class _Stop:
+    """The worker's stop: once begun, each message in hand gets ``grace`` more seconds.
+
+    The grace period is a deadline on the shielded scope around each message in
+    hand, set when the stop begins (or when the scope opens, if later): no timer
+    task per message.
+    """
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self.deadline: float | None = None
+        self._in_hand: set[anyio.CancelScope] = set()
+
+    def begin(self) -> None:
+        self.deadline = anyio.current_time() + self.grace
+        for scope in self._in_hand:
+            scope.deadline = self.deadline
+
+    @contextlib.contextmanager
+    def in_hand(self) -> Iterator[anyio.CancelScope]:
+        """A scope shielded from the worker's cancellation, bounded once the stop begins."""
+        with anyio.CancelScope(shield=True) as scope:
+            if self.deadline is not None:
+                scope.deadline = self.deadline
+            self._in_hand.add(scope)
+            try:
+                yield scope
+            finally:
+                self._in_hand.discard(scope)
 
 
 async def _take_messages(
-    application: ASGIApp,
-    layer: BaseChannelLayer,
-    channel: str,
-    stopping: anyio.Event,
-    grace_period: float,
+    application: ASGIApp, layer: BaseChannelLayer, channel: str, stop: _Stop
 ) -> None:
     await anyio.lowlevel.checkpoint()
-    while not stopping.is_set():
+    while stop.deadline is None:
         try:
             async with layer.receive_delivery(channel) as message:
-                # The message is in hand: finish it even if the worker is being
-                # stopped, for at most grace_period seconds after the stop.
-                with anyio.CancelScope(shield=True) as in_hand:
-                    async with anyio.create_task_group() as tg:
-                        tg.start_soon(
-                            _abandon_after_stop, stopping, grace_period, in_hand
-                        )
-                        await _handle(application, channel, message)
-                        tg.cancel_scope.cancel()
+                with stop.in_hand() as in_hand:
+                    await _handle(application, channel, message)
                 if in_hand.cancelled_caught:
+                    # Leaving the delivery with an error: not acknowledged.
                     raise _Abandoned
         except _Abandoned:
             logger.warning(
                 "a message on %r was not finished within grace_period=%ss of the stop; "
                 "abandoned (redelivered later if the channel is at-least-once)",
                 channel,
-                grace_period,
+                stop.grace,
             )
             return
         except Exception:
             logger.exception("handler for a message on %r failed", channel)
 
 
-async def _abandon_after_stop(
-    stopping: anyio.Event, grace_period: float, scope: anyio.CancelScope
-) -> None:
-    await stopping.wait()
-    await anyio.sleep(grace_period)
-    scope.cancel()
+class _Abandoned(Exception):
+    """A message in hand did not finish within the grace period after stop."""
 
 
 async def _handle(application: ASGIApp, channel: str, message: dict[str, Any]) -> None:
