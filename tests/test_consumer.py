@@ -12,7 +12,12 @@ import pytest
 import trio
 import trio.testing
 
-from trichannels.consumer import AsyncConsumer, SyncConsumer, get_handler_name
+from trichannels.consumer import (
+    _TAKEOVER_AFTER,
+    AsyncConsumer,
+    SyncConsumer,
+    get_handler_name,
+)
 from trichannels.exceptions import StopConsumer
 from trichannels.testing import ApplicationCommunicator
 from trichannels.types import Message
@@ -301,10 +306,13 @@ async def test_events_queued_before_disconnect_run_until_grace_ends(
             await comm.send_input({"type": "websocket.receive", "text": text})
         await comm.send_input({"type": "websocket.disconnect", "code": 1001})
         await comm.wait(timeout=10)
+    # "a" is handled by the task that reads the server's events; the spare task
+    # takes over reading _TAKEOVER_AFTER later and notices the disconnect then.
+    noticed = start + _TAKEOVER_AFTER
     assert log == [
         ("done a", start + 2.0),
-        ("cancelled b", start + 3.0),
-        ("disconnect", start + 3.0),
+        ("cancelled b", noticed + 3.0),
+        ("disconnect", noticed + 3.0),
     ]
 
 
@@ -672,7 +680,7 @@ async def test_layer_event_allowlist(memory_layer: Any) -> None:
 
 
 async def test_undispatched_layer_messages_are_counted_as_dropped(
-    memory_layer: Any,
+    memory_layer: Any, autojump_clock: trio.testing.MockClock
 ) -> None:
     """Layer messages taken but never dispatched when the instance ends show up as dropped."""
 
@@ -680,22 +688,26 @@ async def test_undispatched_layer_messages_are_counted_as_dropped(
         max_pending_events = 1
         close_timeout = 0.01
 
-        async def chat_message(self, event: Message) -> None:
+        async def websocket_receive(self, message: Message) -> None:
             await trio.sleep_forever()
 
     async with ApplicationCommunicator(Busy(), SCOPE) as comm:
         await comm.send_input({"type": "websocket.connect"})
         await comm.receive_output()
         channel = (await comm.receive_output())["text"]
+        await comm.send_input({"type": "websocket.receive", "text": "stuck"})
+        await trio.testing.wait_all_tasks_blocked()
         for n in range(5):
             await memory_layer.send(channel, {"type": "chat.message", "text": str(n)})
         await trio.testing.wait_all_tasks_blocked()
         await comm.send_input({"type": "websocket.disconnect", "code": 1000})
-        await comm.wait()
+        await comm.wait(timeout=1)
     stats = memory_layer.statistics()
-    # One is being handled (cancelled), one waits in the queue, one is held by the reader.
+    # The protocol handler is busy: one layer message waits in the queue behind
+    # it, one is held by the layer reader waiting for room, three stay in the layer.
     assert stats.messages_dropped == 2
-    assert stats.queued_messages == 2
+    assert stats.queued_messages == 3
+    assert stats.messages_received == 2
 
 
 async def test_layer_channel_is_read_only_once_its_name_is_used(
@@ -733,3 +745,143 @@ def test_channel_name_outside_an_instance() -> None:
         match=r"^Recorder\.channel_name is only set while the instance runs with a channel layer",
     ):
         Recorder().channel_name  # noqa: B018
+
+
+# -- who reads and who handles: the spare reader ----------------------------------
+
+
+async def test_readers_swap_when_a_handler_is_stuck(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A slow handler makes the spare task read; later events still run in order, in time."""
+    log: list[tuple[str, float]] = []
+
+    class Slow(Recorder):
+        async def websocket_receive(self, message: Message) -> None:
+            if message["text"].startswith("slow"):
+                await trio.sleep(1)
+            log.append((message["text"], trio.current_time()))
+            await self.send({"type": "websocket.send", "text": message["text"]})
+
+        async def websocket_disconnect(self, message: Message) -> None:
+            log.append(("disconnect", trio.current_time()))
+
+    start = trio.current_time()
+    async with ApplicationCommunicator(Slow(), SCOPE) as comm:
+        await comm.send_input({"type": "websocket.connect"})
+        await comm.receive_output()
+        await comm.send_input({"type": "websocket.receive", "text": "slow 1"})
+        await trio.sleep(2)  # the spare took over reading at 0.1, the slow one ended at 1
+        await comm.send_input({"type": "websocket.receive", "text": "fast 1"})
+        await trio.sleep(0)
+        await comm.send_input({"type": "websocket.receive", "text": "slow 2"})
+        await trio.sleep(0.5)  # the first task takes reading back at 2.1
+        await comm.send_input({"type": "websocket.receive", "text": "fast 2"})
+        await comm.send_input({"type": "websocket.disconnect", "code": 1000})
+        texts = [(await comm.receive_output(timeout=10))["text"] for _ in range(4)]
+        await comm.wait(timeout=10)
+    assert texts == ["slow 1", "fast 1", "slow 2", "fast 2"]
+    assert log == [
+        ("slow 1", start + 1),
+        ("fast 1", start + 2),
+        ("slow 2", start + 3),
+        ("fast 2", start + 3),
+        ("disconnect", start + 3),
+    ]
+
+
+async def test_events_from_both_sources_queue_behind_a_busy_handler(
+    memory_layer: Any, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Layer and protocol events arriving during a handler run after it, in arrival order."""
+    release = trio.Event()
+
+    class Ordered(LayerUser):
+        async def websocket_receive(self, message: Message) -> None:
+            self.calls.append(message["text"])
+            if message["text"] == "block":
+                await release.wait()
+
+        async def chat_message(self, event: Message) -> None:
+            self.calls.append(f"layer {event['text']}")
+
+    consumer = Ordered()
+    async with ApplicationCommunicator(consumer, SCOPE) as comm:
+        await comm.send_input({"type": "websocket.connect"})
+        await comm.receive_output()
+        channel = (await comm.receive_output())["text"]
+        await comm.send_input({"type": "websocket.receive", "text": "block"})
+        await trio.testing.wait_all_tasks_blocked()
+        await memory_layer.send(channel, {"type": "chat.message", "text": "1"})
+        await trio.sleep(1)  # the spare reader takes over and reads the next one
+        await comm.send_input({"type": "websocket.receive", "text": "after"})
+        await memory_layer.send(channel, {"type": "chat.message", "text": "2"})
+        await trio.sleep(1)
+        assert consumer.calls == ["block"]
+        release.set()
+        await trio.sleep(1)
+        assert consumer.calls == ["block", "layer 1", "after", "layer 2"]
+        await comm.send_input({"type": "websocket.disconnect", "code": 1000})
+        await comm.wait(timeout=10)
+
+
+async def test_idle_instance_is_never_woken(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """After its events are handled, an idle instance's tasks stay asleep (no polling)."""
+    steps: list[str] = []
+    me = trio.lowlevel.current_task()
+
+    class CountSteps(trio.abc.Instrument):
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            if task is not me:
+                steps.append(task.name)
+
+    async with ApplicationCommunicator(Recorder(), SCOPE) as comm:
+        await comm.send_input({"type": "websocket.connect"})
+        await comm.receive_output()
+        for n in range(3):
+            await comm.send_input({"type": "websocket.receive", "text": str(n)})
+            await comm.receive_output()
+        await trio.testing.wait_all_tasks_blocked()
+        instrument = CountSteps()
+        trio.lowlevel.add_instrument(instrument)
+        try:
+            await trio.sleep(100)
+        finally:
+            trio.lowlevel.remove_instrument(instrument)
+        # At most one wake-up of the spare reader (to stop watching the last
+        # handler), not one per 0.1 s.
+        assert len(steps) <= 1, steps
+        await comm.send_input({"type": "websocket.disconnect", "code": 1000})
+        await comm.wait()
+
+
+def test_stuck_handler_and_disconnect_neutral(backend: str) -> None:
+    """On asyncio and trio, a disconnect during a stuck handler is noticed and bounds it."""
+
+    async def body() -> None:
+        log: list[str] = []
+
+        class Stuck(Recorder):
+            close_timeout = 0.2
+
+            async def websocket_receive(self, message: Message) -> None:
+                try:
+                    await anyio.sleep_forever()
+                finally:
+                    log.append("handler cancelled")
+
+            async def websocket_disconnect(self, message: Message) -> None:
+                log.append("disconnect")
+
+        with anyio.fail_after(5):
+            async with ApplicationCommunicator(Stuck(), SCOPE) as comm:
+                await comm.send_input({"type": "websocket.connect"})
+                await comm.receive_output()
+                await comm.send_input({"type": "websocket.receive", "text": "x"})
+                await comm.send_input({"type": "websocket.disconnect", "code": 1000})
+                await comm.wait(timeout=3)
+        assert log == ["handler cancelled", "disconnect"]
+
+    anyio.run(body, backend=backend)

@@ -2,18 +2,22 @@
 
 A consumer class is turned into an ASGI application with :meth:`AsyncConsumer.as_asgi`.
 Each connection gets a fresh instance whose :meth:`~AsyncConsumer.__call__` opens a
-task group. Inside it, one task reads the server's ``receive`` and, when a channel
-layer is configured, one task reads the instance's layer channel; both feed a single
-queue from which events are dispatched **one at a time, in arrival order**, to the
-method named after the event's ``type`` (``"chat.message"`` -> ``chat_message``).
+task group. Events are dispatched **one at a time, in arrival order**, to the method
+named after the event's ``type`` (``"chat.message"`` -> ``chat_message``). The task
+that reads an event runs its handler itself when no other handler is running, so an
+event costs no task switch; an event that arrives while a handler runs waits in the
+instance's queue and is handled by that handler's task as soon as it returns. A
+spare task sleeps meanwhile and takes over reading the server's events when a handler
+has run for more than 0.1 s, so a busy handler never hides a disconnect.
 
 Guarantees:
 
 * Nothing the instance starts outlives it: child tasks started with
   :meth:`AsyncConsumer.start_soon` are cancelled and awaited before ``__call__``
   returns.
-* The disconnect event is never starved. The instance notices a disconnect as soon as
-  the server delivers it, even while a handler is busy. Events that arrived before it
+* The disconnect event is never starved. The instance notices a disconnect at
+  most 0.2 s after the server delivers it, even while a handler is busy (at once
+  when no handler has been running for 0.1 s). Events that arrived before it
   are still handled, in order, for at most :attr:`AsyncConsumer.close_timeout` seconds;
   then the running handler is cancelled, the remaining events are dropped, and the
   disconnect handler runs (bounded by the same timeout) before the instance ends.
@@ -129,71 +133,10 @@ def _is_disconnect(message: Mapping[str, Any]) -> bool:
     return isinstance(message_type, str) and message_type.endswith(".disconnect")
 
 
-class _Inbox:
-    """An instance's queue of events: FIFO, bounded, closed producer by producer.
-
-    Cheaper than a memory object stream on the per-message path: ``put`` and
-    ``get`` only suspend when they must wait (the producers' own awaits on the
-    server and the layer are their checkpoints), so handing an event from a
-    reader to the dispatcher costs one task switch, not two.
-    """
-
-    __slots__ = ("_items", "_limit", "_producers", "_ready", "_space")
-
-    def __init__(self, limit: int, producers: int) -> None:
-        self._items: deque[tuple[bool, Message]] = deque()
-        self._limit = max(1, limit)
-        self._producers = producers
-        self._ready: anyio.Event | None = None
-        self._space: anyio.Event | None = None
-
-    async def put(self, item: tuple[bool, Message]) -> None:  # noqa: ASYNC910 - see class docstring
-        """Queue ``item``, waiting while the queue is full (cancellation-safe)."""
-        while len(self._items) >= self._limit:  # noqa: ASYNC110 - woken by get(), not polled
-            if self._space is None:
-                self._space = anyio.Event()
-            await self._space.wait()
-        self._items.append(item)
-        self._wake_getter()
-
-    def add_producer(self) -> None:
-        """One more producer will put items (and close when done)."""
-        self._producers += 1
-
-    def close_producer(self) -> None:
-        """One producer is done; ``get`` raises EndOfStream once all are and the queue is empty."""
-        self._producers -= 1
-        self._wake_getter()
-
-    def _wake_getter(self) -> None:
-        if self._ready is not None:
-            self._ready.set()
-            self._ready = None
-
-    async def get(self) -> tuple[bool, Message]:
-        """Take the oldest item, waiting if there is none (cancellation-safe).
-
-        Raises:
-            anyio.EndOfStream: every producer closed and the queue is empty.
-        """
-        while not self._items:
-            if self._producers <= 0:
-                await anyio.lowlevel.checkpoint()
-                raise anyio.EndOfStream
-            if self._ready is None:
-                self._ready = anyio.Event()
-            await self._ready.wait()
-        item = self._items.popleft()
-        if self._space is not None:
-            self._space.set()
-            self._space = None
-        return item  # noqa: ASYNC910 - the producers' awaits are the checkpoints
-
-    def drain(self) -> list[tuple[bool, Message]]:
-        """Remove and return everything still queued."""
-        items = list(self._items)
-        self._items.clear()
-        return items
+# How long an event handler may keep the reader of the server's events busy before
+# the instance's spare task takes over reading (so a disconnect is noticed while a
+# handler is stuck). The spare task sleeps until then: no timer per event.
+_TAKEOVER_AFTER: Final = 0.1
 
 
 class AsyncConsumer:
@@ -246,12 +189,21 @@ class AsyncConsumer:
         self._error: Exception | None = None
         self._stopping = False
         self._disconnect_message: Message | None = None
-        self._loop_scope: anyio.CancelScope | None = None
-        self._busy = False
-        self._layer_scope: anyio.CancelScope | None = None
-        self._protocol_scope: anyio.CancelScope | None = None
+        self._stopped = False
         self._grace_deadline = math.inf
         self._layer_reader_started = False
+        # Dispatch state (see _read_protocol).
+        self._agents: list[anyio.CancelScope] = []
+        self._reader: anyio.CancelScope | None = None
+        self._dispatch_scope: anyio.CancelScope | None = None
+        self._dispatch_seq = 0
+        self._pending: deque[tuple[bool, Message]] = deque()
+        self._space: anyio.Event | None = None
+        self._idle: anyio.Event | None = None
+        self._watcher: anyio.CancelScope | None = None
+        self._watch_armed = False
+        self._armed_seq = -1
+        self._cut_short = False
 
     # -- construction ----------------------------------------------------------
 
@@ -327,8 +279,7 @@ class AsyncConsumer:
         ):
             return
         self._layer_reader_started = True
-        self._inbox.add_producer()
-        tg.start_soon(self._read_layer, layer, self._inbox)
+        tg.start_soon(self._read_layer, layer)
 
     def _attach_layer(self) -> BaseChannelLayer | None:
         alias = self.channel_layer_alias
@@ -339,18 +290,18 @@ class AsyncConsumer:
         return channel_layers.lookup(alias)
 
     async def _run(self, receive: Receive, layer: BaseChannelLayer | None) -> None:
-        inbox = _Inbox(self.max_pending_events, producers=1)
-        self._inbox = inbox
         try:
             async with anyio.create_task_group() as tg:
                 self._task_group = tg
                 if self.scope.get("type") == "websocket":
                     _live_websockets.add(self)
-                tg.start_soon(self._read_protocol, receive, inbox)
+                # The spare reader: sleeps while this task reads and handles events.
+                tg.start_soon(self._read_protocol, receive)
                 if layer is not None and self._eager_layer_reader:
                     self._start_layer_reader()
                 try:
-                    await self._dispatch_loop(inbox)
+                    await self._read_protocol(receive)
+                    await self._after_disconnect()
                 except StopConsumer:
                     pass
                 except Exception as exc:
@@ -370,21 +321,114 @@ class AsyncConsumer:
                     except Exception as exc:
                         self._fail(exc)
             finally:
-                self._drop_undelivered(inbox, layer)
+                self._drop_undelivered(layer)
 
-    async def _dispatch_loop(self, inbox: _Inbox) -> None:
-        # Events queued before a disconnect are still dispatched, in order, until
-        # the grace period after the disconnect runs out: _notice_disconnect()
-        # sets this scope's deadline, which then cancels the busy handler; the
-        # rest are dropped and the disconnect handler runs. One cancel scope per
-        # instance, not per event, and no timer task: this is the hot path.
-        with anyio.CancelScope(deadline=self._grace_deadline) as self._loop_scope:
-            while True:
+    # How events reach handlers. Two tasks per instance share reading the server's
+    # events: one reads and, when no handler is running, handles the event itself
+    # (no task switch per event); otherwise it queues it for the running handler's
+    # task, which drains the queue in order before it reads again. The other task
+    # sleeps; if the reader is still in a handler _TAKEOVER_AFTER seconds later it
+    # takes over reading, so a disconnect is noticed however long a handler takes.
+    # The layer reader (once started) handles or queues layer events the same way.
+    # Each of these tasks runs inside its own long-lived cancel scope (an "agent"):
+    # at a disconnect the busy one gets the grace deadline, the others are cancelled.
+
+    async def _read_protocol(self, receive: Receive) -> None:  # noqa: ASYNC910 - a task body
+        with anyio.CancelScope() as agent:
+            self._agents.append(agent)
+            if self._reader is None:
+                self._reader = agent
+            try:
+                while self._disconnect_message is None:
+                    if self._reader is not agent:
+                        await self._watch(agent)
+                        continue
+                    message = await receive()
+                    get_handler_name(message)  # validate before anything else
+                    if _is_disconnect(message):
+                        self._notice_disconnect(message)
+                        break
+                    await self._handle(agent, False, message)
+            except Exception as exc:
+                self._fail(exc)
+        self._agent_done(agent)
+
+    async def _watch(self, agent: anyio.CancelScope) -> None:
+        """Sleep while another agent reads; take over if it is stuck in a handler."""
+        while True:
+            with anyio.CancelScope() as wait:
+                self._watcher = wait
+                self._watch_armed = False
+                if (
+                    self._dispatch_scope is not None
+                    and self._dispatch_scope is self._reader
+                ):
+                    self._arm(wait)
                 try:
-                    from_layer, message = await inbox.get()
-                except anyio.EndOfStream:
-                    break
-                self._busy = True
+                    await anyio.sleep_forever()
+                finally:
+                    self._watcher = None
+            if (
+                self._dispatch_scope is not None
+                and self._dispatch_scope is self._reader
+                and self._dispatch_seq == self._armed_seq
+            ):
+                # The same handler run has lasted _TAKEOVER_AFTER: read in its place.
+                self._reader = agent
+                return
+
+    def _arm(self, wait: anyio.CancelScope) -> None:
+        self._watch_armed = True
+        self._armed_seq = self._dispatch_seq
+        wait.deadline = anyio.current_time() + _TAKEOVER_AFTER
+
+    async def _read_layer(self, layer: BaseChannelLayer) -> None:  # noqa: ASYNC910 - a task body
+        with anyio.CancelScope() as agent:
+            self._agents.append(agent)
+            try:
+                while self._disconnect_message is None:
+                    message = await layer.receive(self._channel_name)
+                    await self._handle(agent, True, message)
+            except Exception as exc:
+                self._fail(exc)
+        self._agent_done(agent)
+
+    async def _handle(
+        self, agent: anyio.CancelScope, from_layer: bool, message: Message
+    ) -> None:
+        """Handle ``message`` now, or queue it behind the running handler."""
+        if self._dispatch_scope is not None:
+            pending = self._pending
+            limit = self.max_pending_events
+            while self._dispatch_scope is not None and len(pending) >= limit:
+                if self._space is None:
+                    self._space = anyio.Event()
+                try:
+                    await self._space.wait()
+                except BaseException:
+                    if from_layer:
+                        self._dropped_in_hand(message)
+                    raise
+            if self._dispatch_scope is not None:
+                pending.append((from_layer, message))
+                return  # noqa: ASYNC910 - the reader's await on its source was the checkpoint
+        await self._dispatch_now(agent, from_layer, message)
+
+    async def _dispatch_now(
+        self, agent: anyio.CancelScope, from_layer: bool, message: Message
+    ) -> None:
+        """Run handlers in this agent's task: ``message``, then everything queued meanwhile."""
+        self._dispatch_scope = agent
+        self._dispatch_seq += 1
+        if (
+            agent is self._reader
+            and not self._watch_armed
+            and self._watcher is not None
+        ):
+            self._arm(self._watcher)
+        pending = self._pending
+        try:
+            while True:
                 if from_layer:
                     await self._dispatch_layer_event(message)
                 else:
@@ -392,26 +436,52 @@ class AsyncConsumer:
                     if self._is_worker:
                         # Tell the worker the message was handled (it acknowledges it).
                         await self.base_send(_HANDLED)
-                self._busy = False
-        self._loop_scope = None
-        busy, self._busy = self._busy, False
-        if busy and self._grace_deadline != -math.inf:
-            logger.warning(
-                "%s: handler still running %ss after the client disconnected from %s %s; cancelled",
-                type(self).__qualname__,
-                self.close_timeout,
-                self.scope.get("type"),
-                self.scope.get("path"),
-            )
+                if not pending:
+                    return
+                from_layer, message = pending.popleft()
+                if self._space is not None:
+                    self._space.set()
+                    self._space = None
+        except anyio.get_cancelled_exc_class():
+            self._cut_short = True
+            raise
+        finally:
+            self._dispatch_scope = None
+            if self._space is not None:
+                self._space.set()
+                self._space = None
+            if self._idle is not None:
+                self._idle.set()
+                self._idle = None
 
-        # The returns below follow the loop, which always awaited inbox.get() at
-        # least once; a checkpoint here would be one more per instance for nothing.
+    def _agent_done(self, agent: anyio.CancelScope) -> None:
+        if self._cut_short and agent.cancelled_caught:
+            self._cut_short = False
+            if self._grace_deadline != -math.inf:
+                logger.warning(
+                    "%s: handler still running %ss after the client disconnected from %s %s; cancelled",
+                    type(self).__qualname__,
+                    self.close_timeout,
+                    self.scope.get("type"),
+                    self.scope.get("path"),
+                )
+
+    async def _after_disconnect(self) -> None:
+        """Once reading ended at a disconnect: let queued events finish, then run its handler."""
         disconnect = self._disconnect_message
-        if disconnect is None:
-            return  # noqa: ASYNC910 - see above
+        if disconnect is None or self._stopped:
+            await anyio.lowlevel.checkpoint()
+            return
+        while self._dispatch_scope is not None:
+            # Another agent is handling events queued before the disconnect; its
+            # scope carries the grace deadline.
+            self._idle = anyio.Event()
+            await self._idle.wait()
         name = get_handler_name(disconnect)
         if not callable(getattr(self, name, None)):
-            return  # noqa: ASYNC910 - see above (no handler: the connection is over anyway)
+            # No handler: the connection is over anyway.
+            await anyio.lowlevel.checkpoint()
+            return
         with anyio.move_on_after(self.close_timeout) as scope:
             await self.dispatch(disconnect)
         if scope.cancelled_caught:
@@ -423,64 +493,22 @@ class AsyncConsumer:
                 self.close_timeout,
             )
 
-    async def _read_protocol(self, receive: Receive, inbox: _Inbox) -> None:  # noqa: ASYNC910 - a task body
-        try:
-            with anyio.CancelScope() as self._protocol_scope:
-                try:
-                    while True:
-                        message = await receive()
-                        get_handler_name(message)  # validate before queueing
-                        if _is_disconnect(message):
-                            self._notice_disconnect(message)
-                            return
-                        await inbox.put((False, message))
-                except Exception as exc:
-                    self._fail(exc)
-        finally:
-            inbox.close_producer()
-
-    async def _read_layer(self, layer: BaseChannelLayer, inbox: _Inbox) -> None:  # noqa: ASYNC910 - a task body
-        try:
-            with anyio.CancelScope() as self._layer_scope:
-                if self._disconnect_message is not None:
-                    return  # noqa: ASYNC910 - a task body
-                try:
-                    while True:
-                        message = await layer.receive(self._channel_name)
-                        try:
-                            await inbox.put((True, message))
-                        except BaseException:
-                            # Taken from the layer but never queued: make the loss visible.
-                            layer.record_dropped(1)
-                            logger.warning(
-                                "%s: dropped 1 channel-layer message of type %r for %s: "
-                                "the instance ended",
-                                type(self).__qualname__,
-                                message.get("type"),
-                                self._channel_name,
-                            )
-                            raise
-                except Exception as exc:
-                    self._fail(exc)
-        finally:
-            inbox.close_producer()
-
     def _notice_disconnect(self, message: Message) -> None:
-        """Record the disconnect and make sure no handler can starve it."""
+        """Record the disconnect and make sure no handler can starve it.
+
+        Reading stops (the server's events and the layer channel: both are
+        cancellation-safe); the agent running a handler, if any, keeps going
+        until the grace deadline, ``close_timeout`` from now.
+        """
         if self._disconnect_message is not None:
             return
         self._disconnect_message = message
-        if self._layer_scope is not None:
-            self._layer_scope.cancel()  # layer.receive is cancellation-safe
-        if self._protocol_scope is not None:
-            # A disconnect noticed elsewhere (synthesized after a close the server
-            # never confirmed) also stops reading the server, so the queue drains.
-            self._protocol_scope.cancel()
         self._grace_deadline = anyio.current_time() + self.close_timeout
-        if self._loop_scope is not None:
-            self._loop_scope.deadline = min(
-                self._loop_scope.deadline, self._grace_deadline
-            )
+        for agent in self._agents:
+            if agent is self._dispatch_scope:
+                agent.deadline = min(agent.deadline, self._grace_deadline)
+            else:
+                agent.cancel()
 
     def _end_grace(self) -> None:
         """Stop dispatching now: cancel the busy handler, drop the queued events.
@@ -491,11 +519,24 @@ class AsyncConsumer:
         handler still runs.
         """
         self._grace_deadline = -math.inf
-        if self._loop_scope is not None:
-            self._loop_scope.cancel()
+        for agent in self._agents:
+            agent.cancel()
 
-    def _drop_undelivered(self, inbox: _Inbox, layer: BaseChannelLayer | None) -> None:
-        dropped = sum(from_layer for from_layer, _ in inbox.drain())
+    def _dropped_in_hand(self, message: Message) -> None:
+        """A layer message was taken from the layer but will never be handled."""
+        layer = self.channel_layer
+        if layer is not None:
+            layer.record_dropped(1)
+        logger.warning(
+            "%s: dropped 1 channel-layer message of type %r for %s: the instance ended",
+            type(self).__qualname__,
+            message.get("type"),
+            self._channel_name,
+        )
+
+    def _drop_undelivered(self, layer: BaseChannelLayer | None) -> None:
+        dropped = sum(from_layer for from_layer, _ in self._pending)
+        self._pending.clear()
         if dropped and layer is not None:
             layer.record_dropped(dropped)
             logger.warning(
@@ -522,6 +563,7 @@ class AsyncConsumer:
         self._stop()
 
     def _stop(self) -> None:
+        self._stopped = True
         if self._task_group is not None:
             self._task_group.cancel_scope.cancel()
 
@@ -555,8 +597,7 @@ class AsyncConsumer:
                 type maps to a private name).
             TypeError: the message is not a mapping with a string ``type``.
         """
-        handler = self._get_handler(message)
-        await self._call_handler(handler, message)
+        await self._get_handler(message)(message)
 
     def _get_handler(self, message: Message) -> Callable[[Message], Any]:
         name = get_handler_name(message)
@@ -567,11 +608,6 @@ class AsyncConsumer:
                 f"{type(self).__qualname__} has no method {name!r}"
             )
         return handler  # type: ignore[no-any-return]
-
-    async def _call_handler(
-        self, handler: Callable[[Message], Any], message: Message
-    ) -> None:
-        await handler(message)
 
     async def _dispatch_layer_event(self, message: Message) -> None:
         name = get_handler_name(message)
@@ -650,10 +686,13 @@ class SyncConsumer(AsyncConsumer):
 
     _eager_layer_reader = True
 
-    async def _call_handler(
-        self, handler: Callable[[Message], Any], message: Message
-    ) -> None:
-        await sync_to_async(handler)(message)
+    async def dispatch(self, message: Message) -> None:
+        """Call the (synchronous) handler for ``message`` on the instance's thread.
+
+        Raises:
+            ValueError, TypeError: as :meth:`AsyncConsumer.dispatch`.
+        """
+        await sync_to_async(self._get_handler(message))(message)
 
     def send(self, message: Message) -> None:  # type: ignore[override]
         """Send an ASGI event to the server; blocks the handler's thread until sent.
