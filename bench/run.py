@@ -13,7 +13,10 @@ Scenarios (see bench/README.md for the method):
   S2  broadcast: 100 clients in one room (tutorial chat, group_send per message), memory
       and Redis layers: max deliveries/s (10 closed-loop senders) and latency at a fixed
       offered 2,000 deliveries/s
-  S3  layer alone (no sockets): send+receive pairs/s, group_send to 100 members
+  S3  layer alone (no sockets): sequential send+receive pairs/s and group_send to 100
+      members; for the Redis layers also through Redis for real (pairs-peer,
+      pairs-normal, group-peer). trichannels' Redis pairs on its own "!" channel is
+      recorded as pairs-local: it is delivered in-process, with no Redis round trip
   S4  2,000 idle WebSockets: server RSS per connection
   S5  HTTP AsyncHttpConsumer small response under wrk (32 connections)
   S6  20,000 connect/disconnect cycles: connections/s, RSS before/after
@@ -45,6 +48,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from loadgen import LoadgenError, run_wrk, run_ws
+from s3_layers import (
+    PATHS as S3_PATHS,
+    ROWS as S3_ROWS,
+    TESTS as S3_TESTS,
+    applies as s3_applies,
+)
 from servers import (
     BENCH,
     CHANNELS_VENV,
@@ -371,12 +380,12 @@ def s3(ctx: Ctx) -> None:
     p = ctx.params
     impls = [i for i in S3_IMPLS if not (ctx.args.no_redis and i[1] == "redis")]
     redis_cleanup()
-    broken: set[str] = set()
+    broken: set[tuple[str, str]] = set()
     try:
         for r in range(1, ctx.args.rounds + 1):
-            for test in ("pairs", "group"):
+            for test in S3_TESTS:
                 for impl, _kind, _who in impls:
-                    if impl in broken:
+                    if not s3_applies(impl, test) or (impl, test) in broken:
                         continue
                     python = (
                         (CHANNELS_VENV if impl.startswith("channels") else PROJECT_VENV)
@@ -433,25 +442,30 @@ def s3(ctx: Ctx) -> None:
                         ctx.record(
                             kind="skip",
                             scenario="S3",
+                            sub=test,
                             target=impl,
                             layer=_kind,
                             reason=short,
                         )
-                        ctx.skipped[f"S3:{impl}"] = short
-                        broken.add(impl)
+                        ctx.skipped[f"S3:{impl}:{test}"] = short
+                        broken.add((impl, test))
                         continue
+                    # The row name (``sub``) comes from s3_layers: our Redis layer's
+                    # own-channel pairs are recorded as "pairs-local", not "pairs".
+                    sub = res.pop("sub", test)
                     ctx.record(
                         kind="result",
                         scenario="S3",
-                        sub=test,
+                        sub=sub,
                         target=impl,
                         layer=_kind,
                         round=r,
                         **res,
                     )
                     ctx.log(
-                        f"  [S3 r{r}] {impl:16s} {test:5s} {fmt_rate(res['rate']):>7s}/s  "
-                        f"{res['cpu_us_per_op']:7.1f} µs CPU/op"
+                        f"  [S3 r{r}] {impl:16s} {sub:12s} {fmt_rate(res['rate']):>7s}/s  "
+                        f"{res['cpu_us_per_op']:7.1f} µs CPU/op  "
+                        f"[{S3_ROWS.get(sub, sub)}; {S3_PATHS.get(res.get('path', ''), '?')}]"
                     )
     finally:
         redis_cleanup()
