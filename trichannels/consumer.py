@@ -201,6 +201,11 @@ class AsyncConsumer:
         self._space: anyio.Event | None = None
         self._idle: anyio.Event | None = None
         self._watcher: anyio.CancelScope | None = None
+        self._wake: anyio.Event | None = None
+        self._watching: anyio.CancelScope | None = None  # the watcher's agent
+        self._noticing: anyio.CancelScope | None = (
+            None  # the agent that read the disconnect
+        )
         self._watch_armed = False
         self._armed_seq = -1
         self._cut_short = False
@@ -339,13 +344,14 @@ class AsyncConsumer:
             if self._reader is None:
                 self._reader = agent
             try:
-                while self._disconnect_message is None:
+                while self._disconnect_message is None and not self._stopped:
                     if self._reader is not agent:
                         await self._watch(agent)
                         continue
                     message = await receive()
                     get_handler_name(message)  # validate before anything else
                     if _is_disconnect(message):
+                        self._noticing = agent
                         self._notice_disconnect(message)
                         break
                     await self._handle(agent, False, message)
@@ -353,11 +359,17 @@ class AsyncConsumer:
                 self._fail(exc)
         self._agent_done(agent)
 
-    async def _watch(self, agent: anyio.CancelScope) -> None:
-        """Sleep while another agent reads; take over if it is stuck in a handler."""
-        while True:
+    async def _watch(self, agent: anyio.CancelScope) -> None:  # noqa: ASYNC910 - woken, not polled
+        """Sleep while another agent reads; take over if it is stuck in a handler.
+
+        Woken by its deadline (armed when the reader starts a handler), or by
+        :meth:`_release_watcher` when reading ends: then it returns without an
+        exception, which costs far less than cancelling a parked task.
+        """
+        while self._disconnect_message is None and not self._stopped:
             with anyio.CancelScope() as wait:
-                self._watcher = wait
+                self._watcher, self._watching = wait, agent
+                self._wake = wake = anyio.Event()
                 self._watch_armed = False
                 if (
                     self._dispatch_scope is not None
@@ -365,9 +377,9 @@ class AsyncConsumer:
                 ):
                     self._arm(wait)
                 try:
-                    await anyio.sleep_forever()
+                    await wake.wait()
                 finally:
-                    self._watcher = None
+                    self._watcher = self._watching = self._wake = None
             if (
                 self._dispatch_scope is not None
                 and self._dispatch_scope is self._reader
@@ -376,6 +388,11 @@ class AsyncConsumer:
                 # The same handler run has lasted _TAKEOVER_AFTER: read in its place.
                 self._reader = agent
                 return
+
+    def _release_watcher(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+            self._wake = None
 
     def _arm(self, wait: anyio.CancelScope) -> None:
         self._watch_armed = True
@@ -470,8 +487,8 @@ class AsyncConsumer:
         """Once reading ended at a disconnect: let queued events finish, then run its handler."""
         disconnect = self._disconnect_message
         if disconnect is None or self._stopped:
-            await anyio.lowlevel.checkpoint()
-            return
+            # Stopped: the task group is cancelled, a checkpoint would raise for nothing.
+            return  # noqa: ASYNC910 - the reading loop awaited the server
         while self._dispatch_scope is not None:
             # Another agent is handling events queued before the disconnect; its
             # scope carries the grace deadline.
@@ -504,10 +521,12 @@ class AsyncConsumer:
             return
         self._disconnect_message = message
         self._grace_deadline = anyio.current_time() + self.close_timeout
+        self._release_watcher()
         for agent in self._agents:
             if agent is self._dispatch_scope:
                 agent.deadline = min(agent.deadline, self._grace_deadline)
-            else:
+            elif agent is not self._watching and agent is not self._noticing:
+                # Parked on the server or the layer (both cancellation-safe).
                 agent.cancel()
 
     def _end_grace(self) -> None:
@@ -564,6 +583,7 @@ class AsyncConsumer:
 
     def _stop(self) -> None:
         self._stopped = True
+        self._release_watcher()
         if self._task_group is not None:
             self._task_group.cancel_scope.cancel()
 
