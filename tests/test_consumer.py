@@ -773,7 +773,7 @@ async def test_readers_swap_when_a_handler_is_stuck(
         await comm.send_input({"type": "websocket.receive", "text": "slow 1"})
         await trio.sleep(2)  # the spare took over reading at 0.1, the slow one ended at 1
         await comm.send_input({"type": "websocket.receive", "text": "fast 1"})
-        await trio.sleep(0)
+        await trio.testing.wait_all_tasks_blocked()
         await comm.send_input({"type": "websocket.receive", "text": "slow 2"})
         await trio.sleep(0.5)  # the first task takes reading back at 2.1
         await comm.send_input({"type": "websocket.receive", "text": "fast 2"})

@@ -378,6 +378,58 @@ async def test_disconnect_cancels_a_handle_that_streams_itself(
     assert log == ["handle finally at 2.0", "disconnect"]
 
 
+async def test_disconnect_while_handle_waits_after_headers(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A handle() that sent its headers and waits (long polling) is cancelled within 0.2 s of a disconnect."""
+    log: list[str] = []
+
+    class Waits(AsyncHttpConsumer):
+        channel_layer_alias = None
+
+        async def handle(self, body: bytes) -> None:
+            await self.send_headers()
+            try:
+                await anyio.sleep(60)
+            finally:
+                log.append(f"handle finally at {trio.current_time():.1f}")
+
+    async with HttpCommunicator(Waits.as_asgi(), "GET", "/") as comm:
+        await comm.send_input({"type": "http.request"})
+        await comm.receive_output()
+        await trio.sleep(5)
+        await comm.send_input({"type": "http.disconnect"})
+        await comm.wait(timeout=1)
+    assert log == ["handle finally at 5.0"]
+
+
+async def test_handle_that_has_sent_nothing_finishes_its_work(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Before anything is sent, handle() is not watched: its work completes, and the server gets the late response."""
+    log: list[str] = []
+
+    class Computes(AsyncHttpConsumer):
+        channel_layer_alias = None
+
+        async def handle(self, body: bytes) -> None:
+            await anyio.sleep(10)  # stands for a slow query
+            log.append(f"computed at {trio.current_time():.1f}")
+            await self.send_response(200, b"late")
+
+        async def disconnect(self) -> None:
+            log.append("disconnect")
+
+    async with HttpCommunicator(Computes.as_asgi(), "GET", "/") as comm:
+        await comm.send_input({"type": "http.request"})
+        await trio.sleep(1)
+        await comm.send_input({"type": "http.disconnect"})
+        await comm.wait(timeout=20)
+        assert (await comm.receive_output())["status"] == 200
+        assert (await comm.receive_output())["body"] == b"late"
+    assert log == ["computed at 10.0", "disconnect"]
+
+
 async def test_send_after_client_gone_is_dropped(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -174,6 +174,9 @@ class AsyncConsumer:
     # Sync handlers read channel_name in a worker thread, where no task can be
     # started: SyncConsumer reads its channel from the start.
     _eager_layer_reader: ClassVar[bool] = False
+    # Whether the spare reader starts with the instance. The HTTP consumer starts
+    # it only once a response streams or a child task runs (see _start_spare).
+    _spare_at_start: ClassVar[bool] = True
 
     scope: Scope
     channel_layer: BaseChannelLayer | None
@@ -209,6 +212,7 @@ class AsyncConsumer:
         self._watch_armed = False
         self._armed_seq = -1
         self._cut_short = False
+        self._spare_started = False
 
     # -- construction ----------------------------------------------------------
 
@@ -300,8 +304,9 @@ class AsyncConsumer:
                 self._task_group = tg
                 if self.scope.get("type") == "websocket":
                     _live_websockets.add(self)
-                # The spare reader: sleeps while this task reads and handles events.
-                tg.start_soon(self._read_protocol, receive)
+                self._receive = receive
+                if self._spare_at_start:
+                    self._start_spare()
                 if layer is not None and self._eager_layer_reader:
                     self._start_layer_reader()
                 try:
@@ -393,6 +398,19 @@ class AsyncConsumer:
         if self._wake is not None:
             self._wake.set()
             self._wake = None
+
+    def _start_spare(self) -> None:
+        """Start the spare reader: it sleeps while this task reads and handles events."""
+        tg = self._task_group
+        if (
+            self._spare_started
+            or tg is None
+            or self._stopped
+            or self._disconnect_message is not None
+        ):
+            return
+        self._spare_started = True
+        tg.start_soon(self._read_protocol, self._receive)
 
     def _arm(self, wait: anyio.CancelScope) -> None:
         self._watch_armed = True

@@ -21,7 +21,12 @@ What the server sees, and when the instance ends:
   layer event to finish (streaming, server-sent events, long polling).
 * When the client disconnects (``http.disconnect``), whatever is running for
   the request (``handle``, child tasks) is cancelled at once, since nothing
-  more can reach the client, and the instance ends.
+  more can reach the client, and the instance ends. While ``handle`` runs, the
+  disconnect is watched for (and noticed within 0.2 s) once it has sent the
+  headers alone, streamed a body chunk or started a child task; before that,
+  ``handle`` is not interrupted (a request answered in one go costs no watcher
+  task): work it does before sending anything completes, and the server drops
+  a response for a client that has gone.
 * :meth:`~AsyncHttpConsumer.disconnect` runs exactly once when the instance
   ends, however it ends (shielded from cancellation, bounded by
   ``close_timeout``).
@@ -108,6 +113,7 @@ class AsyncHttpConsumer(AsyncConsumer):
         self._disconnected = False
         self._handled = False  # handle() has returned
         self._children = 0  # child tasks still running
+        self._whole_response = False  # send_response() is sending start and body
 
     @classmethod
     def as_asgi(cls, **initkwargs: Any) -> ASGIApp:
@@ -180,6 +186,7 @@ class AsyncHttpConsumer(AsyncConsumer):
 
         super().start_soon(child, name=name if name is not None else _task_name(fn))
         self._children += 1
+        self._start_spare()  # the child may outlive handle(): watch for a disconnect
 
     def _check_not_orphaned(self) -> None:
         """Fail if nothing is left that could ever complete the response."""
@@ -198,6 +205,8 @@ class AsyncHttpConsumer(AsyncConsumer):
                 f"have returned, and with no channel layer nothing else can {verb}"
             )
             raise RuntimeError(msg)
+
+    _spare_at_start = False  # see send() and start_soon()
 
     def _notice_disconnect(self, message: Message) -> None:
         # Nothing more can reach an HTTP client that went away: cancel whatever
@@ -313,12 +322,17 @@ class AsyncHttpConsumer(AsyncConsumer):
                 raise UnexpectedMessage(kind, "the response has already started")
             self._response_started = True
             self._trailers_pending = message.get("trailers", False)
+            if not self._whole_response:
+                # The body follows later: watch for the client leaving meanwhile.
+                self._start_spare()
         elif kind == "http.response.body":
             if not self._response_started:
                 raise UnexpectedMessage(
                     kind, "send the response start (send_headers()) first"
                 )
-            if not message.get("more_body", False) and not self._trailers_pending:
+            if message.get("more_body", False):
+                self._start_spare()  # streaming
+            elif not self._trailers_pending:
                 self._response_complete = True
         elif kind == "http.response.trailers":
             if not self._trailers_pending:
@@ -386,9 +400,13 @@ class AsyncHttpConsumer(AsyncConsumer):
         if not any(name == b"content-length" for name, _ in encoded):
             # The whole body is known: saves the server a chunked encoding.
             encoded.append((b"content-length", str(len(body)).encode("ascii")))
-        await self.send(
-            {"type": "http.response.start", "status": status, "headers": encoded}
-        )
+        self._whole_response = True
+        try:
+            await self.send(
+                {"type": "http.response.start", "status": status, "headers": encoded}
+            )
+        finally:
+            self._whole_response = False
         await self.send(body_message)
 
     # -- server-sent events ---------------------------------------------------------------
