@@ -149,18 +149,26 @@ class ProtocolTypeRouter:
         Raises:
             ValueError: no application is configured for the scope type.
         """
+        app = self.application_mapping.get(scope["type"])
+        if app is None:
+            await self._unmapped(scope, receive, send)
+            return
+        if type(app) is URLRouter:
+            # Route here rather than through the router's own coroutine: one
+            # frame less held per connection, and one less on every resume.
+            app, scope = app._route(scope)
+        await app(scope, receive, send)
+
+    async def _unmapped(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope_type = scope["type"]
-        app = self.application_mapping.get(scope_type)
-        if app is not None:
-            await app(scope, receive, send)
-        elif scope_type == "lifespan":
+        if scope_type == "lifespan":
             await self._lifespan(receive, send)
-        else:
-            known = ", ".join(
-                repr(name) for name in sorted({*self.application_mapping, "lifespan"})
-            )
-            msg = f"No application configured for scope type {scope_type!r} (configured: {known})"
-            raise ValueError(msg)
+            return
+        known = ", ".join(
+            repr(name) for name in sorted({*self.application_mapping, "lifespan"})
+        )
+        msg = f"No application configured for scope type {scope_type!r} (configured: {known})"
+        raise ValueError(msg)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         await _expect(receive, "lifespan.startup")
@@ -276,6 +284,12 @@ def path(route: str, app: ASGIApp, *, name: str | None = None) -> Route:
             converter, has a bad parameter, or ``app`` is not callable.
     """
     pattern = _check_route("path", route, app)
+    regex, converters = _path_regex(pattern)
+    return Route(pattern, app, re.compile(regex), converters, _is_prefix(app), name)
+
+
+def _path_regex(pattern: str) -> tuple[str, dict[str, Callable[[str], Any]]]:
+    """The regular expression and converters of the path() route ``pattern``."""
     parts: list[str] = []
     converters: dict[str, Callable[[str], Any]] = {}
     pos = 0
@@ -298,9 +312,7 @@ def path(route: str, app: ASGIApp, *, name: str | None = None) -> Route:
         converters[param] = convert
         parts.append(f"(?P<{param}>{regex})")
         pos = m.end()
-    return Route(
-        pattern, app, re.compile("".join(parts)), converters, _is_prefix(app), name
-    )
+    return "".join(parts), converters
 
 
 def re_path(regex: str, app: ASGIApp, *, name: str | None = None) -> Route:
@@ -331,13 +343,57 @@ def re_path(regex: str, app: ASGIApp, *, name: str | None = None) -> Route:
     return Route(pattern, app, compiled, None, _is_prefix(app), name)
 
 
-@dataclass(frozen=True, slots=True)
-class _Match:
-    app: ASGIApp
-    consumed: str  # appended to scope["root_path"]
-    remaining: str  # becomes scope["path_remaining"]
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
+# How a route's match becomes ``(args, kwargs)``; see _plan().
+_PATH = 0  # path(): groupdict() is the kwargs; apply the non-str conversions
+_RE_NAMED = 1  # re_path() with named groups: kwargs (None dropped), no args
+_RE_ARGS = 2  # re_path() without named groups: args only
+_CONVERT = 3  # a Route built by hand: apply every converter, as Route.match does
+
+_Plan = tuple[
+    str,  # a literal the path must start with for the regex to match (may be "")
+    Callable[[str], "re.Match[str] | None"],  # regex.match, or .fullmatch for a leaf
+    ASGIApp,
+    "URLRouter | None",  # the app, when the router can match into it directly
+    bool,  # is_prefix
+    int,  # _PATH, _RE_NAMED, _RE_ARGS or _CONVERT
+    tuple[tuple[str, Callable[[str], Any]], ...],  # (name, converter), for path()
+]
+_Found = tuple[ASGIApp, str, str, tuple[Any, ...], dict[str, Any]]
+"""(app, consumed, remaining, args, kwargs); ``consumed`` is appended to root_path."""
+
+
+def _made_by_path(route: Route) -> bool:
+    """Whether ``route`` has the regex and parameters path() makes of its pattern."""
+    try:
+        regex, converters = _path_regex(route.pattern)
+    except ConfigurationError:
+        return False
+    return (
+        route.regex == re.compile(regex)
+        and route.converters is not None
+        and list(route.converters) == list(converters)
+    )
+
+
+def _plan(route: Route) -> _Plan:
+    """What matching ``route`` needs at call time, worked out once."""
+    regex = route.regex
+    matcher = regex.match if route.is_prefix else regex.fullmatch
+    inner = route.app if route.is_prefix and isinstance(route.app, URLRouter) else None
+    if route.converters is not None:
+        conversions = tuple(route.converters.items())
+        if not _made_by_path(route):
+            return "", matcher, route.app, inner, route.is_prefix, _CONVERT, conversions
+        # path() escapes the literal parts and its converter patterns have no
+        # groups, so groupdict() holds exactly the parameters, in order; only
+        # the converters that are not ``str`` need applying.
+        conversions = tuple((n, c) for n, c in conversions if c is not str)
+        # The text before the first parameter is matched literally: checking
+        # it first skips the regex call for most routes that cannot match.
+        literal = route.pattern.partition("<")[0]
+        return literal, matcher, route.app, inner, route.is_prefix, _PATH, conversions
+    kind = _RE_NAMED if regex.groupindex else _RE_ARGS
+    return "", matcher, route.app, inner, route.is_prefix, kind, ()
 
 
 def _routes(routes: object) -> tuple[Route, ...]:
@@ -370,6 +426,10 @@ class URLRouter:
     Routes are tried in order; when a prefix route's inner router has no
     match, the next route is tried.
 
+    Directly nested routers (and a :class:`ProtocolTypeRouter` above them)
+    do not call each other: the outermost one matches through them all and
+    makes the one copy of the scope that the application gets.
+
     Args:
         routes: routes made with :func:`path` and :func:`re_path`.
 
@@ -383,6 +443,7 @@ class URLRouter:
 
     def __init__(self, routes: Iterable[Route]) -> None:
         self.routes = _routes(routes)
+        self._plans = tuple(_plan(route) for route in self.routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Call the application of the first route matching the path.
@@ -390,58 +451,85 @@ class URLRouter:
         Raises:
             ValueError: the scope has no ``path``, or no route matches it.
         """
-        full_path = scope.get("path")
+        # Only the app and its scope stay referenced while the app runs.
+        app, inner_scope = self._route(scope)
+        await app(inner_scope, receive, send)
+
+    def _route(self, scope: Scope) -> tuple[ASGIApp, Scope]:
+        """Pick the application and build the (one) scope copy it is called with."""
+        root_path = scope.get("root_path", "")
         remaining = scope.get("path_remaining")
         if remaining is None:
-            if full_path is None:
+            remaining = scope.get("path")
+            if remaining is None:
                 msg = "No 'path' key in connection scope, cannot route URLs"
                 raise ValueError(msg)
-            root = scope.get("root_path", "").rstrip("/")
-            if not root or full_path == root or full_path.startswith(f"{root}/"):
-                remaining = full_path[len(root) :]
+            if root_path:
+                root = root_path.rstrip("/")
+                if (
+                    not root
+                    or remaining == root
+                    or (remaining.startswith(root) and remaining[len(root)] == "/")
+                ):
+                    remaining = remaining[len(root) :]
+                else:
+                    remaining = None
         found = None if remaining is None else self._match(remaining)
         if found is None:
-            msg = f"No route found for path {full_path!r}."
+            msg = f"No route found for path {scope.get('path')!r}."
             raise ValueError(msg)
-        root_path = scope.get("root_path", "")
-        if found.consumed:
-            root_path = root_path.rstrip("/") + found.consumed
-        outer = scope.get("url_route") or {}
-        inner_scope = {
+        app, consumed, remaining, args, kwargs = found
+        if consumed:
+            root_path = root_path.rstrip("/") + consumed
+        outer = scope.get("url_route")
+        if outer:
+            args = (*outer.get("args", ()), *args)
+            kwargs = {**outer.get("kwargs", {}), **kwargs}
+        return app, {
             **scope,
             "root_path": root_path,
-            "path_remaining": found.remaining,
-            "url_route": {
-                "args": (*outer.get("args", ()), *found.args),
-                "kwargs": {**outer.get("kwargs", {}), **found.kwargs},
-            },
+            "path_remaining": remaining,
+            "url_route": {"args": args, "kwargs": kwargs},
         }
-        await found.app(inner_scope, receive, send)
 
-    def _match(self, path: str) -> _Match | None:
+    def _match(self, path: str) -> _Found | None:
+        """Match ``path`` against the routes, descending into nested routers.
+
+        The ``kwargs`` returned is a new dict the caller owns.
+        """
         stripped = path.lstrip("/")
         offset = len(path) - len(stripped)
-        for route in self.routes:
-            result = route.match(stripped)
-            if result is None:
+        for literal, matcher, app, inner, is_prefix, kind, conversions in self._plans:
+            if literal and not stripped.startswith(literal):
                 continue
-            end, args, kwargs = result
-            if not route.is_prefix:
-                return _Match(route.app, "", "", args, kwargs)
-            consumed, rest = path[: offset + end], path[offset + end :]
-            if consumed.endswith("/"):  # keep root_path slash-free at the end
-                consumed, rest = consumed[:-1], "/" + rest
-            if not isinstance(route.app, URLRouter):  # e.g. middleware around a router
-                return _Match(route.app, consumed, rest, args, kwargs)
-            inner = route.app._match(rest)
-            if inner is not None:
-                return _Match(
-                    inner.app,
-                    consumed + inner.consumed,
-                    inner.remaining,
-                    args + inner.args,
-                    {**kwargs, **inner.kwargs},
-                )
+            m = matcher(stripped)
+            if m is None:
+                continue
+            args: tuple[Any, ...] = ()
+            if kind == _PATH:
+                kwargs = m.groupdict()
+                for name, convert in conversions:
+                    kwargs[name] = convert(kwargs[name])
+            elif kind == _RE_NAMED:  # Django's rule: named groups win
+                kwargs = m.groupdict()
+                if None in kwargs.values():  # groups that did not take part
+                    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+            elif kind == _RE_ARGS:
+                args, kwargs = m.groups(), {}
+            else:
+                kwargs = {name: convert(m[name]) for name, convert in conversions}
+            if not is_prefix:
+                return app, "", "", args, kwargs
+            cut = offset + m.end()
+            if cut and path[cut - 1] == "/":  # keep root_path slash-free at the end
+                cut -= 1
+            if inner is None:  # e.g. middleware around a router
+                return app, path[:cut], path[cut:], args, kwargs
+            found = inner._match(path[cut:])
+            if found is not None:
+                leaf, consumed, remaining, inner_args, inner_kwargs = found
+                kwargs.update(inner_kwargs)  # ours: made by this match
+                return leaf, path[:cut] + consumed, remaining, args + inner_args, kwargs
         return None
 
 
