@@ -213,6 +213,7 @@ class AsyncConsumer:
         self._armed_seq = -1
         self._cut_short = False
         self._spare_started = False
+        self._others_started = False  # any task besides the instance's own
 
     # -- construction ----------------------------------------------------------
 
@@ -287,7 +288,7 @@ class AsyncConsumer:
             or self._disconnect_message is not None
         ):
             return
-        self._layer_reader_started = True
+        self._layer_reader_started = self._others_started = True
         tg.start_soon(self._read_layer, layer)
 
     def _attach_layer(self) -> BaseChannelLayer | None:
@@ -316,20 +317,25 @@ class AsyncConsumer:
                     pass
                 except Exception as exc:
                     self._fail(exc)
-                tg.cancel_scope.cancel()
+                # Ending: no more going-away closes (the task group may close to
+                # new tasks before __call__ returns).
+                _live_websockets.discard(self)
+                if self._others_started:
+                    tg.cancel_scope.cancel()
         finally:
             _live_websockets.discard(self)
             self._task_group = None
             self._stopping = True
             try:
-                # Shielded from outside cancellation, bounded by close_timeout.
-                with anyio.CancelScope(
-                    shield=True, deadline=anyio.current_time() + self.close_timeout
-                ):
-                    try:
-                        await self._instance_cleanup()
-                    except Exception as exc:
-                        self._fail(exc)
+                if self._has_cleanup():
+                    # Shielded from outside cancellation, bounded by close_timeout.
+                    with anyio.CancelScope(
+                        shield=True, deadline=anyio.current_time() + self.close_timeout
+                    ):
+                        try:
+                            await self._instance_cleanup()
+                        except Exception as exc:
+                            self._fail(exc)
             finally:
                 self._drop_undelivered(layer)
 
@@ -409,7 +415,7 @@ class AsyncConsumer:
             or self._disconnect_message is not None
         ):
             return
-        self._spare_started = True
+        self._spare_started = self._others_started = True
         tg.start_soon(self._read_protocol, self._receive)
 
     def _arm(self, wait: anyio.CancelScope) -> None:
@@ -602,12 +608,15 @@ class AsyncConsumer:
     def _stop(self) -> None:
         self._stopped = True
         self._release_watcher()
-        if self._task_group is not None:
+        # With no other task ever started, the caller is the instance's own task,
+        # which ends by itself: cancelling would only cost a Cancelled later.
+        if self._task_group is not None and self._others_started:
             self._task_group.cancel_scope.cancel()
 
     def _going_away(self, code: int, reason: str) -> None:
         """Start closing this WebSocket because the server is shutting down."""
         if self._task_group is not None and not self._stopping:
+            self._others_started = True
             self._task_group.start_soon(self._send_going_away, code, reason)
 
     async def _send_going_away(self, code: int, reason: str) -> None:  # noqa: ASYNC910 - a task body, not an API
@@ -617,6 +626,10 @@ class AsyncConsumer:
             )
         except Exception as exc:  # the connection may already be gone
             logger.debug("could not send going-away close: %r", exc)
+
+    def _has_cleanup(self) -> bool:
+        """Whether :meth:`_instance_cleanup` has anything to do (saves a scope per instance)."""
+        return type(self)._instance_cleanup is not AsyncConsumer._instance_cleanup
 
     async def _instance_cleanup(self) -> None:
         """Hook run once when the instance ends, however it ends.
@@ -701,6 +714,7 @@ class AsyncConsumer:
             raise RuntimeError(
                 f"{type(self).__qualname__}.start_soon() called while the instance is not running"
             )
+        self._others_started = True
         tg.start_soon(self._guard_child, fn, args, name=name)
 
     async def _guard_child(  # noqa: ASYNC910 - a task body, not an API

@@ -215,6 +215,13 @@ class AsyncHttpConsumer(AsyncConsumer):
         super()._notice_disconnect(message)
         self._end_grace()
 
+    def _has_cleanup(self) -> bool:
+        cls = type(self)
+        return (
+            cls.disconnect is not AsyncHttpConsumer.disconnect
+            or cls._instance_cleanup is not AsyncHttpConsumer._instance_cleanup
+        )
+
     async def _instance_cleanup(self) -> None:
         try:
             await self.disconnect()
