@@ -47,7 +47,7 @@ from anyio.abc import TaskGroup
 
 from trichannels._validation import short_repr, validate_outgoing
 from trichannels.exceptions import StopConsumer
-from trichannels.sync import ThreadSensitiveContext, async_to_sync, sync_to_async
+from trichannels.sync import _InstanceContext, async_to_sync, sync_to_async
 from trichannels.types import Message
 
 if TYPE_CHECKING:
@@ -250,7 +250,7 @@ class AsyncConsumer:
         if layer is not None:
             self.channel_layer = layer
             self._channel_name = await layer.new_channel()
-        async with ThreadSensitiveContext():
+        async with _InstanceContext():
             await self._run(receive, layer)
         if self._error is not None:
             error, self._error = self._error, None

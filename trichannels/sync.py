@@ -153,6 +153,9 @@ class ThreadSensitiveContext:
 
     async def __aenter__(self) -> Self:
         await anyio.lowlevel.checkpoint()
+        return self._enter()
+
+    def _enter(self) -> Self:
         if self._home is not None:
             msg = "this ThreadSensitiveContext is already in use; create a new one"
             raise RuntimeError(msg)
@@ -179,6 +182,17 @@ class ThreadSensitiveContext:
             with anyio.CancelScope(shield=True):
                 await drain.result()
         home.shutdown()
+
+
+class _InstanceContext(ThreadSensitiveContext):
+    """A consumer instance's context: entered without a checkpoint.
+
+    The instance's first await on the server is its checkpoint; one more here
+    would cost every connection a pass through the scheduler for nothing.
+    """
+
+    async def __aenter__(self) -> Self:  # noqa: ASYNC910 - see the class docstring
+        return self._enter()
 
 
 def _noop() -> None:
