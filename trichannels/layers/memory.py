@@ -6,6 +6,13 @@ There is no background task: expiry is lazy (a message is checked when it
 reaches the head of its queue, and a heap of channel heads and memberships is
 swept, in O(1) when nothing is due, at the start of every operation).
 
+On asyncio, ``send``, ``group_send`` and a ``receive`` that finds a message
+queued checkpoint with one ``asyncio.sleep(0)`` (anyio's own ``checkpoint()``
+there) *before* they touch any state, then finish without awaiting again:
+anyio's ``cancel_shielded_checkpoint`` costs a shielded cancel scope on every
+call there, and could not stop a plain ``Task.cancel()`` anyway. Under trio
+they keep trio's own order (cancel check, work, shielded schedule point).
+
 Why not one anyio memory object stream per channel: a stream cannot drop an
 expired item from its middle or report a channel's depth without a
 receiver, every stream pair must be closed (or it warns), and on asyncio a
@@ -17,14 +24,18 @@ cancellation-safe on every backend: if it raises, it took nothing.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import math
 import typing
+from asyncio import _get_running_loop
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Final, TypeAlias
 
 import anyio
+import anyio.lowlevel
+from sniffio import thread_local as _sniffio_thread
 
 from trichannels.exceptions import ChannelFull
 from trichannels.layers._names import (
@@ -71,13 +82,52 @@ def _clone_deep(message: dict[str, Any]) -> dict[str, Any]:
 
 
 class _Waiter:
-    """A parked receiver: ``item`` is filled in before ``event`` is set."""
+    """A parked receiver: ``item`` is filled in before :meth:`wake` is called."""
 
-    __slots__ = ("event", "item")
+    __slots__ = ("item",)
+    item: _Item | None
+
+    def wake(self) -> None:
+        raise NotImplementedError
+
+
+class _EventWaiter(_Waiter):
+    """Parked on an event (trio's, or anyio's on a backend other than asyncio)."""
+
+    __slots__ = ("event",)
 
     def __init__(self, event: _Event) -> None:
+        self.item = None
         self.event = event
-        self.item: _Item | None = None
+
+    def wake(self) -> None:
+        self.event.set()
+
+
+class _FutureWaiter(_Waiter):
+    """Parked on a bare asyncio future (what ``asyncio.Event.wait`` would create)."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: asyncio.Future[None]) -> None:
+        self.item = None
+        self.future = future
+
+    def wake(self) -> None:
+        # A future cancelled with its task is done already: the task gives ``item`` back.
+        if not self.future.done():
+            self.future.set_result(None)
+
+
+def _running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    """The running asyncio loop, unless trio runs this thread (also as an asyncio guest).
+
+    Trio sets sniffio's thread-local name while it runs, so this agrees with
+    anyio's own choice of backend; it costs about 0.1 us.
+    """
+    if _sniffio_thread.name is None:
+        return _get_running_loop()
+    return None
 
 
 _CLOSED: Final[_Item] = (0.0, {}, None)
@@ -181,7 +231,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         if ch.waiters:
             waiter = ch.waiters.popleft()
             waiter.item = item
-            waiter.event.set()
+            waiter.wake()
         elif len(ch.queue) >= ch.capacity:
             raise ChannelFull(ch.name, ch.capacity)
         else:
@@ -197,7 +247,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         if ch.waiters:
             waiter = ch.waiters.popleft()
             waiter.item = item
-            waiter.event.set()
+            waiter.wake()
             return
         self._schedule(name, item[0])
         ch.queue.appendleft(item)
@@ -230,13 +280,11 @@ class InMemoryChannelLayer(BaseChannelLayer):
                 if not groups:
                     del self._member_of[channel]
 
-    def _open_now(self, ll: Any) -> float:
-        """Raise if closed; return the current time after expiring what is due."""
+    def _open_now(self, clock: Callable[[], float]) -> float:
+        """Raise if closed; return the time (``clock``'s, or the injected one) after expiring what is due."""
         if self._closed:
             self._check_open()
-        now: float = (
-            ll.current_time() if self._custom_clock is None else self._custom_clock()
-        )
+        now = clock() if self._custom_clock is None else self._custom_clock()
         if now >= self._next_due:
             self._sweep(now)
         return now
@@ -301,19 +349,43 @@ class InMemoryChannelLayer(BaseChannelLayer):
         """
         require_valid_channel_name(channel)
         copy = self._copy(message)
+        loop = _running_asyncio_loop()
+        if loop is not None:
+            await asyncio.sleep(0)  # the checkpoint: nothing is queued yet if it raises
+            self._send_now(channel, copy, self._open_now(loop.time))
+            return
         ll = _lowlevel()
         await ll.checkpoint_if_cancelled()
-        now = self._open_now(ll)
-        ch = self._channels.get(channel)
-        if ch is None:
-            ch = self._channels[channel] = _Channel(channel, self.get_capacity(channel))
         try:
-            self._put(ch, (now + self.expiry, copy, None))
+            self._send_now(channel, copy, self._open_now(ll.current_time))
         except ChannelFull:
             # Cannot raise Cancelled, so ChannelFull is never replaced.
             await ll.cancel_shielded_checkpoint()  # noqa: ASYNC120 - shielded
             raise
         await ll.cancel_shielded_checkpoint()
+
+    def _send_now(self, channel: str, copy: dict[str, Any], now: float) -> None:
+        ch = self._channels.get(channel)
+        if ch is None:
+            ch = self._channels[channel] = _Channel(channel, self.get_capacity(channel))
+        self._put(ch, (now + self.expiry, copy, None))
+
+    def _take(self, channel: str, now: float) -> _Item | None:
+        """The next unexpired message queued on ``channel``, counted as received; else None."""
+        ch = self._channels.get(channel)
+        if ch is None:
+            return None
+        queue = ch.queue
+        if queue and queue[0][0] <= now:
+            self._expire_head(ch, now)
+        if not queue:
+            return None
+        item = queue.popleft()
+        self._queued -= 1
+        self._counters.received += 1
+        if not queue and not ch.waiters:
+            del self._channels[channel]
+        return item
 
     async def receive(self, channel: str) -> dict[str, Any]:
         """Wait for the next message on ``channel``; cancellation-safe. A checkpoint.
@@ -323,28 +395,41 @@ class InMemoryChannelLayer(BaseChannelLayer):
             anyio.ClosedResourceError: the layer is closed, or closes while waiting.
         """
         require_valid_channel_name(channel)
-        ll = _lowlevel()
-        await ll.checkpoint_if_cancelled()
-        now = self._open_now(ll)
-        ch = self._channels.get(channel)
-        if ch is not None:
-            queue = ch.queue
-            if queue and queue[0][0] <= now:
-                self._expire_head(ch, now)
-            if queue:
-                _, message, cloner = queue.popleft()
-                self._queued -= 1
-                self._counters.received += 1
-                if not queue and not ch.waiters:
-                    del self._channels[channel]
-                await ll.cancel_shielded_checkpoint()
-                return message if cloner is None else cloner(message)
+        waiter: _Waiter
+        wait: Awaitable[Any]
+        loop = _running_asyncio_loop()
+        if loop is not None:
+            ch = self._channels.get(channel)
+            if ch is not None and ch.queue:
+                # Something is queued: checkpoint before taking it, then take it
+                # without awaiting again, so a cancellation can never lose it.
+                await asyncio.sleep(0)
+                item = self._take(channel, self._open_now(loop.time))
+                if item is not None:
+                    _, message, cloner = item
+                    return message if cloner is None else cloner(message)
+                # Taken by another receiver, or expired, while this task yielded.
+            else:
+                await anyio.lowlevel.checkpoint_if_cancelled()
+                self._open_now(loop.time)
+            future: asyncio.Future[None] = loop.create_future()
+            waiter = _FutureWaiter(future)
+            wait = future
         else:
-            ch = self._channels[channel] = _Channel(channel, self.get_capacity(channel))
-        waiter = _Waiter(ll.Event())
+            ll = _lowlevel()
+            await ll.checkpoint_if_cancelled()
+            item = self._take(channel, self._open_now(ll.current_time))
+            if item is not None:
+                await ll.cancel_shielded_checkpoint()
+                _, message, cloner = item
+                return message if cloner is None else cloner(message)
+            event = ll.Event()
+            waiter = _EventWaiter(event)
+            wait = event.wait()
+        ch = self._get_channel(channel)
         ch.waiters.append(waiter)
         try:
-            await waiter.event.wait()
+            await wait
         except BaseException:
             item = waiter.item
             if item is None:
@@ -386,7 +471,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         require_valid_channel_name(channel)
         ll = _lowlevel()
         await ll.checkpoint_if_cancelled()
-        now = self._open_now(ll)
+        now = self._open_now(ll.current_time)
         members = self._groups.setdefault(group, {})
         if channel not in members:
             self._members += 1
@@ -447,9 +532,14 @@ class InMemoryChannelLayer(BaseChannelLayer):
         """
         require_valid_group_name(group)
         copy, cloner = self._shared(self._copy(message))
+        loop = _running_asyncio_loop()
+        if loop is not None:
+            await asyncio.sleep(0)  # the checkpoint: nothing is queued yet if it raises
+            self._group_put(group, copy, cloner, self._open_now(loop.time))
+            return
         ll = _lowlevel()
         await ll.checkpoint_if_cancelled()
-        now = self._open_now(ll)
+        now = self._open_now(ll.current_time)
         self._group_put(group, copy, cloner, now)
         await ll.cancel_shielded_checkpoint()
 
@@ -466,7 +556,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         ]
         ll = _lowlevel()
         await ll.checkpoint_if_cancelled()
-        now = self._open_now(ll)
+        now = self._open_now(ll.current_time)
         expires = now + self.expiry
         first_full: ChannelFull | None = None
         for channel, copy in pairs:
@@ -489,7 +579,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         ]
         ll = _lowlevel()
         await ll.checkpoint_if_cancelled()
-        now = self._open_now(ll)
+        now = self._open_now(ll.current_time)
         for group, copy, cloner in prepared:
             self._group_put(group, copy, cloner, now)
         await ll.cancel_shielded_checkpoint()
@@ -531,7 +621,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
             while ch.waiters:
                 waiter = ch.waiters.popleft()
                 waiter.item = _CLOSED
-                waiter.event.set()
+                waiter.wake()
         self._channels.clear()
         self._clear_schedule()
         self._groups.clear()
