@@ -158,14 +158,20 @@ async function runBroadcast() {
   const windowSeq = new Set();
   const waiting = new Array(CLIENTS).fill(false);
   const seqs = new Array(CLIENTS).fill(0);
+  const closedLoop = RATE <= 0;
   const sendFrom = (i) => {
     const seq = ++seqs[i];
     const tag = i + ':' + seq;
     if (measuring) { windowSeq.add(tag); sentInWindow++; }
+    if (closedLoop) remaining.set(tag, CLIENTS);
     sockets[i].send(JSON.stringify({ message: tag + ':' + now().toFixed(3) }));
     return tag;
   };
-  const closedLoop = RATE <= 0;
+  // Closed loop: a sender's next message goes out once EVERY member has its previous
+  // one, so at most SENDERS messages are in flight. (Advancing on the sender's own
+  // copy alone is not a closed loop: a server that happens to deliver the sender's
+  // copy early is offered unbounded load and drops at full channels.)
+  const remaining = new Map();
   sockets.forEach((ws, i) => {
     ws.on('error', () => { errors++; });
     ws.on('message', (data) => {
@@ -176,9 +182,13 @@ async function runBroadcast() {
       const t = parseFloat(m.slice(k2 + 1));
       if (measuring) deliveries++;
       if (windowSeq.has(tag)) { deliveredOfWindow++; lat.add(now() - t); }
-      if (closedLoop && !stopped) {
-        const sender = parseInt(tag, 10);
-        if (sender === i && waiting[i]) { sendFrom(i); }
+      if (closedLoop) {
+        const left = remaining.get(tag) - 1;
+        if (left > 0) { remaining.set(tag, left); } else {
+          remaining.delete(tag);
+          const sender = parseInt(tag, 10);
+          if (!stopped && waiting[sender]) { sendFrom(sender); }
+        }
       }
     });
   });

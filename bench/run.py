@@ -11,7 +11,7 @@ Scenarios (see bench/README.md for the method):
 
   S1  echo: 50 WebSocket clients, closed-loop round trips
   S2  broadcast: 100 clients in one room (tutorial chat, group_send per message), memory
-      and Redis layers: max deliveries/s (10 closed-loop senders) and latency at a fixed
+      and Redis layers: max deliveries/s (10 closed-loop senders, each waiting for all 100 copies) and latency at a fixed
       offered 2,000 deliveries/s
   S3  layer alone (no sockets): sequential send+receive pairs/s and group_send to 100
       members; for the Redis layers also through Redis for real (pairs-peer,
