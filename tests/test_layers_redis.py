@@ -1250,3 +1250,48 @@ def test_hazard_failed_connect_leaks_unclosed_streams() -> None:
     with pytest.warns(ResourceWarning, match="^Unclosed <MemoryObject"):  # noqa: PT031
         trio.run(attempt)
         gc.collect()
+
+
+# ------------------------------------------------------------ consumers on this layer
+
+
+async def test_consumer_names_its_channel_only_when_used(make_layer: MakeLayer) -> None:
+    """A consumer instance that never reads channel_name creates no channel on the layer."""
+    from trichannels.consumer import AsyncConsumer
+    from trichannels.layers import channel_layers
+    from trichannels.testing import ApplicationCommunicator
+
+    class Http(AsyncConsumer):
+        async def http_request(self, message: dict[str, Any]) -> None:
+            if message.get("body") == b"name":
+                await self.channel_layer.send(  # type: ignore[union-attr]
+                    self.channel_name, {"type": "reply", "text": self.channel_name}
+                )
+            else:
+                await self.reply({"text": "anonymous"})
+
+        async def reply(self, event: dict[str, Any]) -> None:
+            await self.send({"type": "http.response.start", "status": 200})
+            await self.send(
+                {"type": "http.response.body", "body": event["text"].encode()}
+            )
+
+    scope = {"type": "http", "method": "POST", "path": "/"}
+    with trio.fail_after(10):
+        async with make_layer() as layer:
+            previous = channel_layers.set("default", layer)
+            try:
+                async with ApplicationCommunicator(Http(), scope) as comm:
+                    await comm.send_input({"type": "http.request", "body": b""})
+                    await comm.receive_output()
+                    assert (await comm.receive_output())["body"] == b"anonymous"
+                    assert layer._local == {}
+                async with ApplicationCommunicator(Http(), scope) as comm:
+                    await comm.send_input({"type": "http.request", "body": b"name"})
+                    await comm.receive_output()
+                    name = (await comm.receive_output())["body"].decode()
+                    assert name.startswith("specific.")
+                    assert "!" in name
+                    assert list(layer._local) == [name]
+            finally:
+                channel_layers.set("default", previous)

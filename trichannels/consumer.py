@@ -249,7 +249,9 @@ class AsyncConsumer:
         layer = self._attach_layer()
         if layer is not None:
             self.channel_layer = layer
-            self._channel_name = await layer.new_channel()
+            if self._eager_layer_reader or not layer._names_channels_now:
+                self._channel_name = await layer.new_channel()
+            # else: named when channel_name is first read
         async with _InstanceContext():
             await self._run(receive, layer)
         if self._error is not None:
@@ -270,6 +272,11 @@ class AsyncConsumer:
         try:
             name = self._channel_name
         except AttributeError:
+            layer = self.channel_layer
+            if layer is not None and not self._stopping:
+                self._channel_name = name = layer._new_channel_now()
+                self._start_layer_reader()
+                return name
             raise AttributeError(
                 f"{type(self).__qualname__}.channel_name is only set while the instance "
                 "runs with a channel layer (channel_layer_alias is None or not configured)"

@@ -736,6 +736,15 @@ class BaseChannelLayer(anyio.abc.AsyncResource):
     async def new_channel(self, prefix: str = "specific.") -> str:
         """Return a new, unique process-specific channel name starting with ``prefix``. A checkpoint."""
 
+    # Layers that can name a channel without awaiting set this and implement
+    # _new_channel_now(); a consumer instance then names its channel only when the
+    # name is first read (most HTTP instances never read it).
+    _names_channels_now: ClassVar[bool] = False
+
+    def _new_channel_now(self, prefix: str = "specific.") -> str:
+        """:meth:`new_channel` without the checkpoint (event-loop thread only)."""
+        raise NotImplementedError
+
     @abc.abstractmethod
     async def group_add(self, group: str, channel: str) -> None:
         """Add ``channel`` to ``group`` (idempotent; refreshes the membership's expiry). A checkpoint."""

@@ -1518,6 +1518,11 @@ class RedisChannelLayer(BaseChannelLayer):
     async def new_channel(self, prefix: str = "specific.") -> str:
         """Return a new ``!`` channel owned by this layer instance. A checkpoint."""
         await anyio.lowlevel.checkpoint()
+        return self._new_channel_now(prefix)
+
+    _names_channels_now = True
+
+    def _new_channel_now(self, prefix: str = "specific.") -> str:
         self._check_open()
         name = new_channel_name(prefix, self._proc)
         self._local_channel(name)
