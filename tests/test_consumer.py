@@ -850,11 +850,42 @@ async def test_idle_instance_is_never_woken(
             await trio.sleep(100)
         finally:
             trio.lowlevel.remove_instrument(instrument)
-        # At most one wake-up of the spare reader (to stop watching the last
-        # handler), not one per 0.1 s.
-        assert len(steps) <= 1, steps
+        # At most two wake-ups of the spare reader (it stops watching the last
+        # handler, then retires after _RETIRE_AFTER idle), not one per 0.1 s.
+        assert len(steps) <= 2, steps
+        await comm.send_input({"type": "websocket.receive", "text": "again"})
+        assert (await comm.receive_output())["text"] == "again"
         await comm.send_input({"type": "websocket.disconnect", "code": 1000})
         await comm.wait()
+
+
+async def test_stuck_handler_after_idle_still_hides_no_disconnect(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The spare reader retires when idle and comes back for the next handler run."""
+    log: list[tuple[str, float]] = []
+
+    class StuckLater(Recorder):
+        close_timeout = 2.0
+
+        async def websocket_receive(self, message: Message) -> None:
+            if message["text"] == "stuck":
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    log.append(("cancelled", trio.current_time()))
+            await self.send({"type": "websocket.send", "text": message["text"]})
+
+    async with ApplicationCommunicator(StuckLater(), SCOPE) as comm:
+        await comm.send_input({"type": "websocket.connect"})
+        await comm.receive_output()
+        await trio.sleep(60)  # idle: the spare reader retires
+        start = trio.current_time()
+        await comm.send_input({"type": "websocket.receive", "text": "stuck"})
+        await trio.sleep(1)
+        await comm.send_input({"type": "websocket.disconnect", "code": 1000})
+        await comm.wait(timeout=10)
+    assert log == [("cancelled", start + 1 + 2.0)]
 
 
 def test_stuck_handler_and_disconnect_neutral(backend: str) -> None:

@@ -137,6 +137,9 @@ def _is_disconnect(message: Mapping[str, Any]) -> bool:
 # the instance's spare task takes over reading (so a disconnect is noticed while a
 # handler is stuck). The spare task sleeps until then: no timer per event.
 _TAKEOVER_AFTER: Final = 0.1
+# How long the spare task stays after the instance went idle; it is started again
+# by the next handler run. An idle connection then holds no spare task (~6 KB).
+_RETIRE_AFTER: Final = 1.0
 
 
 class AsyncConsumer:
@@ -174,9 +177,10 @@ class AsyncConsumer:
     # Sync handlers read channel_name in a worker thread, where no task can be
     # started: SyncConsumer reads its channel from the start.
     _eager_layer_reader: ClassVar[bool] = False
-    # Whether the spare reader starts with the instance. The HTTP consumer starts
-    # it only once a response streams or a child task runs (see _start_spare).
-    _spare_at_start: ClassVar[bool] = True
+    # Whether a handler run by the reader starts the spare reader if it is not
+    # running. The HTTP consumer starts it only once a response streams or a child
+    # task runs (see _start_spare).
+    _spare_on_dispatch: ClassVar[bool] = True
 
     scope: Scope
     channel_layer: BaseChannelLayer | None
@@ -200,7 +204,7 @@ class AsyncConsumer:
         self._reader: anyio.CancelScope | None = None
         self._dispatch_scope: anyio.CancelScope | None = None
         self._dispatch_seq = 0
-        self._pending: deque[tuple[bool, Message]] = deque()
+        self._pending: deque[tuple[bool, Message]] | None = None  # made when needed
         self._space: anyio.Event | None = None
         self._idle: anyio.Event | None = None
         self._watcher: anyio.CancelScope | None = None
@@ -212,7 +216,7 @@ class AsyncConsumer:
         self._watch_armed = False
         self._armed_seq = -1
         self._cut_short = False
-        self._spare_started = False
+        self._spare_running = False
         self._others_started = False  # any task besides the instance's own
 
     # -- construction ----------------------------------------------------------
@@ -313,8 +317,6 @@ class AsyncConsumer:
                 if self.scope.get("type") == "websocket":
                     _live_websockets.add(self)
                 self._receive = receive
-                if self._spare_at_start:
-                    self._start_spare()
                 if layer is not None and self._eager_layer_reader:
                     self._start_layer_reader()
                 try:
@@ -356,7 +358,7 @@ class AsyncConsumer:
     # Each of these tasks runs inside its own long-lived cancel scope (an "agent"):
     # at a disconnect the busy one gets the grace deadline, the others are cancelled.
 
-    async def _read_protocol(self, receive: Receive) -> None:  # noqa: ASYNC910 - a task body
+    async def _read_protocol(self, receive: Receive, spare: bool = False) -> None:  # noqa: ASYNC910 - a task body
         with anyio.CancelScope() as agent:
             self._agents.append(agent)
             if self._reader is None:
@@ -364,7 +366,8 @@ class AsyncConsumer:
             try:
                 while self._disconnect_message is None and not self._stopped:
                     if self._reader is not agent:
-                        await self._watch(agent)
+                        if not await self._watch(agent, spare):
+                            break  # retired: the instance is idle
                         continue
                     message = await receive()
                     get_handler_name(message)  # validate before anything else
@@ -375,25 +378,38 @@ class AsyncConsumer:
                     await self._handle(agent, False, message)
             except Exception as exc:
                 self._fail(exc)
+            finally:
+                if spare:
+                    self._agents.remove(agent)
+                    self._spare_running = False
         self._agent_done(agent)
 
-    async def _watch(self, agent: anyio.CancelScope) -> None:  # noqa: ASYNC910 - woken, not polled
+    async def _watch(self, agent: anyio.CancelScope, spare: bool) -> bool:  # noqa: ASYNC910 - woken, not polled
         """Sleep while another agent reads; take over if it is stuck in a handler.
 
         Woken by its deadline (armed when the reader starts a handler), or by
         :meth:`_release_watcher` when reading ends: then it returns without an
-        exception, which costs far less than cancelling a parked task.
+        exception, which costs far less than cancelling a parked task. Returns
+        True once this agent reads, False when the spare task should end (reading
+        ended, or the instance has been idle for _RETIRE_AFTER).
         """
+        retire_seq = -1
         while self._disconnect_message is None and not self._stopped:
+            busy = (
+                self._dispatch_scope is not None
+                and self._dispatch_scope is self._reader
+            )
+            if spare and not busy and retire_seq == self._dispatch_seq:
+                return False  # noqa: ASYNC910 - idle for _RETIRE_AFTER (woken, not polled)
             with anyio.CancelScope() as wait:
                 self._watcher, self._watching = wait, agent
                 self._wake = wake = anyio.Event()
                 self._watch_armed = False
-                if (
-                    self._dispatch_scope is not None
-                    and self._dispatch_scope is self._reader
-                ):
+                if busy:
                     self._arm(wait)
+                elif spare:
+                    retire_seq = self._dispatch_seq
+                    wait.deadline = anyio.current_time() + _RETIRE_AFTER
                 try:
                     await wake.wait()
                 finally:
@@ -405,7 +421,8 @@ class AsyncConsumer:
             ):
                 # The same handler run has lasted _TAKEOVER_AFTER: read in its place.
                 self._reader = agent
-                return
+                return True
+        return False  # noqa: ASYNC910 - reading ended
 
     def _release_watcher(self) -> None:
         if self._wake is not None:
@@ -416,14 +433,14 @@ class AsyncConsumer:
         """Start the spare reader: it sleeps while this task reads and handles events."""
         tg = self._task_group
         if (
-            self._spare_started
+            self._spare_running
             or tg is None
             or self._stopped
             or self._disconnect_message is not None
         ):
             return
-        self._spare_started = self._others_started = True
-        tg.start_soon(self._read_protocol, self._receive)
+        self._spare_running = self._others_started = True
+        tg.start_soon(self._read_protocol, self._receive, True)
 
     def _arm(self, wait: anyio.CancelScope) -> None:
         self._watch_armed = True
@@ -447,6 +464,8 @@ class AsyncConsumer:
         """Handle ``message`` now, or queue it behind the running handler."""
         if self._dispatch_scope is not None:
             pending = self._pending
+            if pending is None:
+                pending = self._pending = deque()
             limit = self.max_pending_events
             while self._dispatch_scope is not None and len(pending) >= limit:
                 if self._space is None:
@@ -468,13 +487,11 @@ class AsyncConsumer:
         """Run handlers in this agent's task: ``message``, then everything queued meanwhile."""
         self._dispatch_scope = agent
         self._dispatch_seq += 1
-        if (
-            agent is self._reader
-            and not self._watch_armed
-            and self._watcher is not None
-        ):
-            self._arm(self._watcher)
-        pending = self._pending
+        if agent is self._reader:
+            if not self._watch_armed and self._watcher is not None:
+                self._arm(self._watcher)
+            elif not self._spare_running and self._spare_on_dispatch:
+                self._start_spare()  # it arms itself when it first runs
         try:
             while True:
                 if from_layer:
@@ -484,6 +501,7 @@ class AsyncConsumer:
                     if self._is_worker:
                         # Tell the worker the message was handled (it acknowledges it).
                         await self.base_send(_HANDLED)
+                pending = self._pending
                 if not pending:
                     return
                 from_layer, message = pending.popleft()
@@ -585,8 +603,9 @@ class AsyncConsumer:
         )
 
     def _drop_undelivered(self, layer: BaseChannelLayer | None) -> None:
-        dropped = sum(from_layer for from_layer, _ in self._pending)
-        self._pending.clear()
+        pending = self._pending or ()
+        dropped = sum(from_layer for from_layer, _ in pending)
+        self._pending = None
         if dropped and layer is not None:
             layer.record_dropped(dropped)
             logger.warning(

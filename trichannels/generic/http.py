@@ -206,7 +206,7 @@ class AsyncHttpConsumer(AsyncConsumer):
             )
             raise RuntimeError(msg)
 
-    _spare_at_start = False  # see send() and start_soon()
+    _spare_on_dispatch = False  # see send() and start_soon()
 
     def _notice_disconnect(self, message: Message) -> None:
         # Nothing more can reach an HTTP client that went away: cancel whatever
