@@ -15,6 +15,8 @@ from typing import Any
 
 import anyio
 import pytest
+import trio
+import trio.testing
 
 from trichannels.exceptions import ChannelFull
 from trichannels.layers.memory import InMemoryChannelLayer
@@ -228,3 +230,38 @@ def test_close_while_receive_checkpoints() -> None:
             await task
 
     asyncio.run(body())
+
+
+def test_trio_as_a_guest_on_asyncio_uses_trio() -> None:
+    """Invariant: under trio's guest mode on an asyncio loop (where asyncio reports
+    a running loop) the layer still uses trio's primitives in trio tasks."""
+
+    async def trio_main() -> list[str]:
+        layer = InMemoryChannelLayer()
+        got: list[str] = []
+
+        async def receiver() -> None:
+            got.append((await layer.receive("a"))["type"])
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receiver)
+            await trio.testing.wait_all_tasks_blocked()
+            await layer.send("a", {"type": "handed"})
+        await layer.send("a", {"type": "queued"})
+        got.append((await layer.receive("a"))["type"])
+        return got
+
+    async def host() -> list[str]:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Any] = loop.create_future()
+        trio.lowlevel.start_guest_run(
+            trio_main,
+            run_sync_soon_threadsafe=loop.call_soon_threadsafe,
+            done_callback=done.set_result,
+            host_uses_signal_set_wakeup_fd=True,
+        )
+        outcome = await done
+        result: list[str] = outcome.unwrap()
+        return result
+
+    assert asyncio.run(host()) == ["handed", "queued"]

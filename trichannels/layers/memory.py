@@ -31,6 +31,7 @@ import typing
 from asyncio import _get_running_loop
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from functools import partial
 from typing import Any, Final, TypeAlias
 
 import anyio
@@ -50,7 +51,7 @@ from trichannels.layers.base import (
     LayerStatistics,
     MessageSerializer,
     MsgpackSerializer,
-    _Event,
+    _Lowlevel,
     _lowlevel,
     require_valid_message,
 )
@@ -82,52 +83,42 @@ def _clone_deep(message: dict[str, Any]) -> dict[str, Any]:
 
 
 class _Waiter:
-    """A parked receiver: ``item`` is filled in before :meth:`wake` is called."""
+    """A parked receiver: ``item`` is filled in before ``wake()`` is called."""
 
-    __slots__ = ("item",)
-    item: _Item | None
+    __slots__ = ("item", "wake")
 
-    def wake(self) -> None:
-        raise NotImplementedError
-
-
-class _EventWaiter(_Waiter):
-    """Parked on an event (trio's, or anyio's on a backend other than asyncio)."""
-
-    __slots__ = ("event",)
-
-    def __init__(self, event: _Event) -> None:
-        self.item = None
-        self.event = event
-
-    def wake(self) -> None:
-        self.event.set()
+    def __init__(self, wake: Callable[[], object]) -> None:
+        self.item: _Item | None = None
+        self.wake = wake
 
 
-class _FutureWaiter(_Waiter):
-    """Parked on a bare asyncio future (what ``asyncio.Event.wait`` would create)."""
-
-    __slots__ = ("future",)
-
-    def __init__(self, future: asyncio.Future[None]) -> None:
-        self.item = None
-        self.future = future
-
-    def wake(self) -> None:
-        # A future cancelled with its task is done already: the task gives ``item`` back.
-        if not self.future.done():
-            self.future.set_result(None)
+def _wake_future(future: asyncio.Future[None]) -> None:
+    # A future cancelled with its task is done already: that task gives the item back.
+    if not future.done():
+        future.set_result(None)
 
 
-def _running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
-    """The running asyncio loop, unless trio runs this thread (also as an asyncio guest).
+_trio_lowlevel: _Lowlevel | None = None
 
-    Trio sets sniffio's thread-local name while it runs, so this agrees with
-    anyio's own choice of backend; it costs about 0.1 us.
+
+def _loop_or_lowlevel() -> asyncio.AbstractEventLoop | _Lowlevel:
+    """The running asyncio loop; else the running backend's primitives (see ``_lowlevel``).
+
+    Trio sets sniffio's thread-local name for as long as it runs (also as a
+    guest on an asyncio loop), so this agrees with anyio's own choice of
+    backend; under trio it saves ``_lowlevel()``'s own lookup after the first call.
     """
-    if _sniffio_thread.name is None:
-        return _get_running_loop()
-    return None
+    global _trio_lowlevel
+    name = _sniffio_thread.name
+    if name is None:
+        loop = _get_running_loop()
+        if loop is not None:
+            return loop
+    elif name == "trio":
+        if _trio_lowlevel is None:
+            _trio_lowlevel = _lowlevel()  # whatever it gives under trio stays valid
+        return _trio_lowlevel
+    return _lowlevel()
 
 
 _CLOSED: Final[_Item] = (0.0, {}, None)
@@ -349,43 +340,25 @@ class InMemoryChannelLayer(BaseChannelLayer):
         """
         require_valid_channel_name(channel)
         copy = self._copy(message)
-        loop = _running_asyncio_loop()
-        if loop is not None:
-            await asyncio.sleep(0)  # the checkpoint: nothing is queued yet if it raises
-            self._send_now(channel, copy, self._open_now(loop.time))
-            return
-        ll = _lowlevel()
-        await ll.checkpoint_if_cancelled()
-        try:
-            self._send_now(channel, copy, self._open_now(ll.current_time))
-        except ChannelFull:
-            # Cannot raise Cancelled, so ChannelFull is never replaced.
-            await ll.cancel_shielded_checkpoint()  # noqa: ASYNC120 - shielded
-            raise
-        await ll.cancel_shielded_checkpoint()
-
-    def _send_now(self, channel: str, copy: dict[str, Any], now: float) -> None:
+        ll = _loop_or_lowlevel()
+        if isinstance(ll, _Lowlevel):
+            await ll.checkpoint_if_cancelled()
+            now = self._open_now(ll.current_time)
+        else:  # asyncio: ``ll`` is the running loop; checkpoint before queueing
+            await asyncio.sleep(0)
+            now = self._open_now(ll.time)
         ch = self._channels.get(channel)
         if ch is None:
             ch = self._channels[channel] = _Channel(channel, self.get_capacity(channel))
-        self._put(ch, (now + self.expiry, copy, None))
-
-    def _take(self, channel: str, now: float) -> _Item | None:
-        """The next unexpired message queued on ``channel``, counted as received; else None."""
-        ch = self._channels.get(channel)
-        if ch is None:
-            return None
-        queue = ch.queue
-        if queue and queue[0][0] <= now:
-            self._expire_head(ch, now)
-        if not queue:
-            return None
-        item = queue.popleft()
-        self._queued -= 1
-        self._counters.received += 1
-        if not queue and not ch.waiters:
-            del self._channels[channel]
-        return item
+        try:
+            self._put(ch, (now + self.expiry, copy, None))
+        except ChannelFull:
+            if isinstance(ll, _Lowlevel):
+                # Cannot raise Cancelled, so ChannelFull is never replaced.
+                await ll.cancel_shielded_checkpoint()  # noqa: ASYNC120 - shielded
+            raise
+        if isinstance(ll, _Lowlevel):
+            await ll.cancel_shielded_checkpoint()
 
     async def receive(self, channel: str) -> dict[str, Any]:
         """Wait for the next message on ``channel``; cancellation-safe. A checkpoint.
@@ -395,38 +368,46 @@ class InMemoryChannelLayer(BaseChannelLayer):
             anyio.ClosedResourceError: the layer is closed, or closes while waiting.
         """
         require_valid_channel_name(channel)
-        waiter: _Waiter
-        wait: Awaitable[Any]
-        loop = _running_asyncio_loop()
-        if loop is not None:
+        ll = _loop_or_lowlevel()
+        if isinstance(ll, _Lowlevel):
+            await ll.checkpoint_if_cancelled()
+            now = self._open_now(ll.current_time)
+        else:  # asyncio: ``ll`` is the running loop
             ch = self._channels.get(channel)
             if ch is not None and ch.queue:
-                # Something is queued: checkpoint before taking it, then take it
-                # without awaiting again, so a cancellation can never lose it.
+                # Something is queued: checkpoint before taking it (and take it
+                # without awaiting again), so a cancellation can never lose it.
+                # If it is gone when this task resumes, the wait below follows.
                 await asyncio.sleep(0)
-                item = self._take(channel, self._open_now(loop.time))
-                if item is not None:
-                    _, message, cloner = item
-                    return message if cloner is None else cloner(message)
-                # Taken by another receiver, or expired, while this task yielded.
             else:
                 await anyio.lowlevel.checkpoint_if_cancelled()
-                self._open_now(loop.time)
-            future: asyncio.Future[None] = loop.create_future()
-            waiter = _FutureWaiter(future)
-            wait = future
-        else:
-            ll = _lowlevel()
-            await ll.checkpoint_if_cancelled()
-            item = self._take(channel, self._open_now(ll.current_time))
-            if item is not None:
-                await ll.cancel_shielded_checkpoint()
-                _, message, cloner = item
+            now = self._open_now(ll.time)
+        ch = self._channels.get(channel)
+        if ch is not None:
+            queue = ch.queue
+            if queue and queue[0][0] <= now:
+                self._expire_head(ch, now)
+            if queue:
+                _, message, cloner = queue.popleft()
+                self._queued -= 1
+                self._counters.received += 1
+                if not queue and not ch.waiters:
+                    del self._channels[channel]
+                if isinstance(ll, _Lowlevel):
+                    await ll.cancel_shielded_checkpoint()
                 return message if cloner is None else cloner(message)
+        else:
+            ch = self._channels[channel] = _Channel(channel, self.get_capacity(channel))
+        waiter: _Waiter
+        wait: Awaitable[Any]
+        if isinstance(ll, _Lowlevel):
             event = ll.Event()
-            waiter = _EventWaiter(event)
+            waiter = _Waiter(event.set)
             wait = event.wait()
-        ch = self._get_channel(channel)
+        else:
+            future: asyncio.Future[None] = ll.create_future()
+            waiter = _Waiter(partial(_wake_future, future))
+            wait = future
         ch.waiters.append(waiter)
         try:
             await wait
@@ -532,16 +513,16 @@ class InMemoryChannelLayer(BaseChannelLayer):
         """
         require_valid_group_name(group)
         copy, cloner = self._shared(self._copy(message))
-        loop = _running_asyncio_loop()
-        if loop is not None:
-            await asyncio.sleep(0)  # the checkpoint: nothing is queued yet if it raises
-            self._group_put(group, copy, cloner, self._open_now(loop.time))
-            return
-        ll = _lowlevel()
-        await ll.checkpoint_if_cancelled()
-        now = self._open_now(ll.current_time)
+        ll = _loop_or_lowlevel()
+        if isinstance(ll, _Lowlevel):
+            await ll.checkpoint_if_cancelled()
+            now = self._open_now(ll.current_time)
+        else:  # asyncio: ``ll`` is the running loop; checkpoint before queueing
+            await asyncio.sleep(0)
+            now = self._open_now(ll.time)
         self._group_put(group, copy, cloner, now)
-        await ll.cancel_shielded_checkpoint()
+        if isinstance(ll, _Lowlevel):
+            await ll.cancel_shielded_checkpoint()
 
     async def send_many(self, channel_messages: Iterable[tuple[str, Message]]) -> None:
         """Send each ``(channel, message)`` pair in order; one checkpoint for all.
