@@ -438,12 +438,18 @@ class InMemoryChannelLayer(BaseChannelLayer):
         """Return a new unique ``"{prefix}.inmemory!{token}"`` channel name. A checkpoint."""
         ll = _lowlevel()
         await ll.checkpoint_if_cancelled()
+        name = self._new_channel_now(prefix)
+        await ll.cancel_shielded_checkpoint()
+        return name
+
+    _names_channels_now = True
+
+    def _new_channel_now(self, prefix: str = "specific.") -> str:
         if self._closed:
             self._check_open()
         name = new_channel_name(prefix, "inmemory")
         while name in self._channels:  # pragma: no cover - 96 random bits
             name = new_channel_name(prefix, "inmemory")
-        await ll.cancel_shielded_checkpoint()
         return name
 
     async def group_add(self, group: str, channel: str) -> None:
