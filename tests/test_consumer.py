@@ -15,6 +15,7 @@ import trio.testing
 from trichannels.consumer import (
     _TAKEOVER_AFTER,
     AsyncConsumer,
+    RefusedLayerMessage,
     SyncConsumer,
     get_handler_name,
 )
@@ -771,7 +772,9 @@ async def test_readers_swap_when_a_handler_is_stuck(
         await comm.send_input({"type": "websocket.connect"})
         await comm.receive_output()
         await comm.send_input({"type": "websocket.receive", "text": "slow 1"})
-        await trio.sleep(2)  # the spare took over reading at 0.1, the slow one ended at 1
+        await trio.sleep(
+            2
+        )  # the spare took over reading at 0.1, the slow one ended at 1
         await comm.send_input({"type": "websocket.receive", "text": "fast 1"})
         await trio.testing.wait_all_tasks_blocked()
         await comm.send_input({"type": "websocket.receive", "text": "slow 2"})
@@ -916,3 +919,32 @@ def test_stuck_handler_and_disconnect_neutral(backend: str) -> None:
         assert log == ["handler cancelled", "disconnect"]
 
     anyio.run(body, backend=backend)
+
+
+@pytest.mark.parametrize("allowed", [frozenset({"other"}), {"other"}])
+async def test_refusal_follows_each_instances_allowlist(
+    memory_layer: Any, allowed: Any
+) -> None:
+    """One class, two allowlists: each instance refuses by its own (a plain set works too)."""
+
+    async def deliver(consumer: LayerUser) -> str:
+        async with ApplicationCommunicator(consumer, SCOPE) as comm:
+            await comm.send_input({"type": "websocket.connect"})
+            await comm.receive_output()
+            channel = (await comm.receive_output())["text"]
+            await memory_layer.send(channel, {"type": "chat.message", "text": "hi"})
+            try:
+                text: str = (await comm.receive_output())["text"]
+            except RefusedLayerMessage as exc:
+                return f"refused {exc.handler_name}"
+            await comm.send_input({"type": "websocket.disconnect", "code": 1000})
+            await comm.wait()
+            return text
+
+    for _ in range(2):  # the second time, the answers come from the cache
+        allows = LayerUser(layer_event_handlers=frozenset({"chat_message"}))
+        assert await deliver(allows) == "hi"
+        assert (
+            await deliver(LayerUser(layer_event_handlers=allowed))
+            == "refused chat_message"
+        )

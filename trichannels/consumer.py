@@ -93,6 +93,11 @@ class RefusedLayerMessage(ValueError):
         )
 
 
+# Handler names already worked out, by event type (bounded: types come from code).
+_handler_names: dict[str, str] = {}
+_CACHE_LIMIT: Final = 4096
+
+
 def get_handler_name(message: object) -> str:
     """Return the handler method name for an event: its ``type`` with ``.`` -> ``_``.
 
@@ -101,6 +106,12 @@ def get_handler_name(message: object) -> str:
         ValueError: the message has no ``type``, or the handler name would start
             with an underscore (private names are never dispatched to).
     """
+    if type(message) is dict:
+        message_type = message.get("type")
+        if type(message_type) is str:
+            cached = _handler_names.get(message_type)
+            if cached is not None:
+                return cached
     if not isinstance(message, Mapping):
         raise TypeError(
             f"an event must be a mapping with a 'type' key, got {_short_repr(message)}"
@@ -119,10 +130,17 @@ def get_handler_name(message: object) -> str:
             f"event type {message_type!r} maps to handler name {name!r}, which starts "
             "with an underscore; private methods are never dispatched to"
         )
+    if len(_handler_names) < _CACHE_LIMIT:
+        _handler_names[message_type] = name
     return name
 
 
 _HANDLED: Final = {"type": "channel.handled"}
+
+# Refusal reasons (or None) by (consumer class, handler name, protocol, allowlist).
+_refusals: dict[
+    tuple[type[AsyncConsumer], str, object, frozenset[str] | None], str | None
+] = {}
 
 # Running WebSocket instances of this process, for close_websockets() at shutdown.
 _live_websockets: weakref.WeakSet[AsyncConsumer] = weakref.WeakSet()
@@ -695,6 +713,19 @@ class AsyncConsumer:
         await self.dispatch(message)
 
     def _refusal_reason(self, name: str) -> str | None:
+        key = (type(self), name, self.scope.get("type"), self.layer_event_handlers)
+        try:
+            return _refusals[key]
+        except KeyError:
+            pass
+        except TypeError:  # an unhashable allowlist (a set given to as_asgi())
+            return self._find_refusal_reason(name)
+        reason = self._find_refusal_reason(name)
+        if len(_refusals) < _CACHE_LIMIT:
+            _refusals[key] = reason
+        return reason
+
+    def _find_refusal_reason(self, name: str) -> str | None:
         allowed = self.layer_event_handlers
         if allowed is not None:
             if name in allowed:
