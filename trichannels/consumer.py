@@ -34,15 +34,17 @@ Guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import anyio
+import sniffio
 from anyio.abc import TaskGroup
 
 from trichannels._validation import short_repr, validate_outgoing
@@ -60,6 +62,7 @@ __all__ = [
     "SyncConsumer",
     "close_websockets",
     "get_handler_name",
+    "handler_watchdog",
 ]
 
 logger = logging.getLogger("trichannels.consumer")
@@ -160,6 +163,110 @@ _TAKEOVER_AFTER: Final = 0.1
 _RETIRE_AFTER: Final = 1.0
 
 
+def _loop_key() -> object:
+    """Something that identifies the running event loop."""
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        return trio.lowlevel.current_trio_token()
+    import asyncio
+
+    return asyncio.get_running_loop()
+
+
+class _Watchdog:
+    """One task per event loop that notices handlers running for too long.
+
+    Without it every instance needs a spare task of its own to take over reading
+    when a handler is stuck (a task, two cancel scopes and an event per connection).
+    With it, an instance whose reader starts a handler registers the run (a dict
+    insert); the watchdog wakes every _TAKEOVER_AFTER seconds while any run is
+    registered and starts the spare only for an instance whose same run was
+    already registered at its previous wake.
+    """
+
+    def __init__(self, key: object) -> None:
+        self.key = key
+        self.closed = False
+        self._busy: dict[AsyncConsumer, int] = {}
+        self._wake: anyio.Event | None = None
+
+    def watch(self, instance: AsyncConsumer) -> None:
+        self._busy[instance] = instance._dispatch_seq
+        if self._wake is not None:
+            self._wake.set()
+            self._wake = None
+
+    def unwatch(self, instance: AsyncConsumer) -> None:
+        self._busy.pop(instance, None)
+
+    async def run(self) -> None:
+        seen: dict[AsyncConsumer, int] = {}
+        while True:
+            if not self._busy:
+                seen = {}
+                self._wake = anyio.Event()
+                await self._wake.wait()
+            await anyio.sleep(_TAKEOVER_AFTER)
+            for instance, seq in list(self._busy.items()):
+                if seen.get(instance) == seq == instance._dispatch_seq:
+                    del self._busy[instance]
+                    instance._start_spare(takeover_seq=seq)
+            seen = dict(self._busy)
+
+    def close(self) -> None:
+        """Hand every registered run to a spare of its own: nothing is left unwatched."""
+        self.closed = True
+        busy, self._busy = self._busy, {}
+        for instance in busy:
+            instance._start_spare()
+
+
+_watchdogs: list[_Watchdog] = []
+
+
+def _find_watchdog() -> _Watchdog | None:
+    key = _loop_key()
+    for watchdog in _watchdogs:
+        if watchdog.key is key and not watchdog.closed:
+            return watchdog
+    return None
+
+
+@contextlib.asynccontextmanager
+async def handler_watchdog() -> AsyncIterator[None]:
+    """Run one watcher for busy handlers in this event loop while the block runs.
+
+    :class:`~trichannels.routing.ProtocolTypeRouter` opens it for the life of
+    the server (in its lifespan). Consumer instances started meanwhile then need
+    no spare task of their own to notice a disconnect while a handler is busy:
+    the watcher starts one only for an instance whose handler has run for
+    0.1 to 0.2 s. Without it (no lifespan, test communicators) each instance starts
+    its own spare task with its first handler run. Entering it again in the same
+    event loop while one runs does nothing more.
+    """
+    if _find_watchdog() is not None:
+        await anyio.lowlevel.checkpoint()
+        yield
+        return
+    watchdog = _Watchdog(_loop_key())
+    error: Exception | None = None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watchdog.run)
+        _watchdogs.append(watchdog)
+        try:
+            yield
+        except Exception as exc:
+            # Raised below, outside the task group: not wrapped in a group.
+            error = exc
+        finally:
+            _watchdogs.remove(watchdog)
+            watchdog.close()
+            tg.cancel_scope.cancel()
+    if error is not None:
+        raise error
+
+
 class AsyncConsumer:
     """Base class of every consumer; handlers are ``async def`` methods.
 
@@ -235,6 +342,8 @@ class AsyncConsumer:
         self._armed_seq = -1
         self._cut_short = False
         self._spare_running = False
+        self._watchdog: _Watchdog | None = None
+        self._watched = False  # registered with the watchdog for this handler run
         self._others_started = False  # any task besides the instance's own
 
     # -- construction ----------------------------------------------------------
@@ -335,6 +444,8 @@ class AsyncConsumer:
                 if self.scope.get("type") == "websocket":
                     _live_websockets.add(self)
                 self._receive = receive
+                if self._spare_on_dispatch and _watchdogs:
+                    self._watchdog = _find_watchdog()
                 if layer is not None and self._eager_layer_reader:
                     self._start_layer_reader()
                 try:
@@ -376,10 +487,19 @@ class AsyncConsumer:
     # Each of these tasks runs inside its own long-lived cancel scope (an "agent"):
     # at a disconnect the busy one gets the grace deadline, the others are cancelled.
 
-    async def _read_protocol(self, receive: Receive, spare: bool = False) -> None:  # noqa: ASYNC910 - a task body
+    async def _read_protocol(  # noqa: ASYNC910 - a task body
+        self, receive: Receive, spare: bool = False, takeover_seq: int = -1
+    ) -> None:
         with anyio.CancelScope() as agent:
             self._agents.append(agent)
             if self._reader is None:
+                self._reader = agent
+            elif (
+                takeover_seq == self._dispatch_seq
+                and self._dispatch_scope is not None
+                and self._dispatch_scope is self._reader
+            ):
+                # Started by the watchdog for a handler run that is still going.
                 self._reader = agent
             try:
                 while self._disconnect_message is None and not self._stopped:
@@ -447,8 +567,12 @@ class AsyncConsumer:
             self._wake.set()
             self._wake = None
 
-    def _start_spare(self) -> None:
-        """Start the spare reader: it sleeps while this task reads and handles events."""
+    def _start_spare(self, takeover_seq: int = -1) -> None:
+        """Start the spare reader: it sleeps while this task reads and handles events.
+
+        With ``takeover_seq`` (from the watchdog) it reads at once if that
+        handler run is still going.
+        """
         tg = self._task_group
         if (
             self._spare_running
@@ -458,7 +582,7 @@ class AsyncConsumer:
         ):
             return
         self._spare_running = self._others_started = True
-        tg.start_soon(self._read_protocol, self._receive, True)
+        tg.start_soon(self._read_protocol, self._receive, True, takeover_seq)
 
     def _arm(self, wait: anyio.CancelScope) -> None:
         self._watch_armed = True
@@ -509,7 +633,12 @@ class AsyncConsumer:
             if not self._watch_armed and self._watcher is not None:
                 self._arm(self._watcher)
             elif not self._spare_running and self._spare_on_dispatch:
-                self._start_spare()  # it arms itself when it first runs
+                watchdog = self._watchdog
+                if watchdog is None or watchdog.closed:
+                    self._start_spare()  # it arms itself when it first runs
+                else:
+                    watchdog.watch(self)
+                    self._watched = True
         try:
             while True:
                 if from_layer:
@@ -531,6 +660,9 @@ class AsyncConsumer:
             raise
         finally:
             self._dispatch_scope = None
+            if self._watched:
+                self._watched = False
+                self._watchdog.unwatch(self)  # type: ignore[union-attr]
             if self._space is not None:
                 self._space.set()
                 self._space = None

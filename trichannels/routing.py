@@ -32,6 +32,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
+from trichannels.consumer import handler_watchdog
 from trichannels.exceptions import ConfigurationError, UnexpectedMessage
 from trichannels.types import ASGIApp, Receive, Scope, Send
 
@@ -107,7 +108,9 @@ class ProtocolTypeRouter:
     ``lifespan.shutdown`` it exits them (in reverse order). They stay open
     inside the lifespan call in between, so background tasks they own (a
     channel layer's reader, say) have a parent that outlives every
-    connection.
+    connection. Before them it opens
+    :func:`trichannels.consumer.handler_watchdog`, the one watcher of busy
+    handlers for all consumer instances of the process.
 
     Args:
         application_mapping: scope type (``"http"``, ``"websocket"``,
@@ -175,6 +178,9 @@ class ProtocolTypeRouter:
         phase: Literal["startup", "running", "shutdown"] = "startup"
         try:
             async with AsyncExitStack() as stack:
+                # Watches busy consumer handlers for the whole process (see
+                # trichannels.consumer.handler_watchdog).
+                await stack.enter_async_context(handler_watchdog())
                 for factory in self.lifespan_contexts:
                     await stack.enter_async_context(factory())
                 phase = "running"

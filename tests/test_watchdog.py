@@ -1,0 +1,148 @@
+"""The process-wide watcher of busy handlers (trichannels.consumer.handler_watchdog)."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+import trio
+import trio.testing
+
+from trichannels.consumer import AsyncConsumer, _find_watchdog, handler_watchdog
+from trichannels.routing import ProtocolTypeRouter
+from trichannels.testing import ApplicationCommunicator
+from trichannels.types import Message
+
+SCOPE = {"type": "websocket", "path": "/ws/"}
+
+
+class Stuck(AsyncConsumer):
+    """Echoes; a frame "stuck" blocks its handler until cancelled."""
+
+    channel_layer_alias = None
+    close_timeout = 2.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log: list[tuple[str, float]] = []
+
+    async def websocket_connect(self, message: Message) -> None:
+        await self.send({"type": "websocket.accept"})
+
+    async def websocket_receive(self, message: Message) -> None:
+        if message["text"] == "stuck":
+            try:
+                await anyio.sleep_forever()
+            finally:
+                self.log.append(("cancelled", anyio.current_time()))
+        await self.send({"type": "websocket.send", "text": message["text"]})
+
+    async def websocket_disconnect(self, message: Message) -> None:
+        self.log.append(("disconnect", anyio.current_time()))
+
+
+async def test_short_handlers_start_no_spare_task() -> None:
+    """With the watchdog open, an instance whose handlers return promptly runs in one task."""
+    consumer = Stuck()
+    async with handler_watchdog(), ApplicationCommunicator(consumer, SCOPE) as comm:
+        await comm.send_input({"type": "websocket.connect"})
+        await comm.receive_output()
+        for n in range(20):
+            await comm.send_input({"type": "websocket.receive", "text": str(n)})
+            assert (await comm.receive_output())["text"] == str(n)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not consumer._spare_running
+        assert not consumer._others_started
+        await comm.send_input({"type": "websocket.disconnect", "code": 1000})
+        await comm.wait()
+
+
+async def test_stuck_handler_gets_a_spare_from_the_watchdog(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The watchdog starts a spare reader for a stuck handler; the disconnect bounds it."""
+    consumer = Stuck()
+    async with handler_watchdog(), ApplicationCommunicator(consumer, SCOPE) as comm:
+        await comm.send_input({"type": "websocket.connect"})
+        await comm.receive_output()
+        start = trio.current_time()
+        await comm.send_input({"type": "websocket.receive", "text": "stuck"})
+        await trio.sleep(1)
+        assert consumer._spare_running  # started within 0.1 to 0.2 s
+        await comm.send_input({"type": "websocket.disconnect", "code": 1000})
+        await comm.wait(timeout=10)
+    assert consumer.log == [("cancelled", start + 3.0), ("disconnect", start + 3.0)]
+
+
+async def test_closing_the_watchdog_hands_busy_runs_their_own_spares(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A handler busy when the watchdog closes still has its disconnect noticed."""
+    consumer = Stuck()
+    async with ApplicationCommunicator(consumer, SCOPE) as comm:
+        async with handler_watchdog():
+            await comm.send_input({"type": "websocket.connect"})
+            await comm.receive_output()
+            await comm.send_input({"type": "websocket.receive", "text": "stuck"})
+            await trio.testing.wait_all_tasks_blocked()
+            assert not consumer._spare_running
+        assert consumer._spare_running
+        start = trio.current_time()
+        await comm.send_input({"type": "websocket.disconnect", "code": 1000})
+        await comm.wait(timeout=10)
+    # The spare took over within 0.1 s of closing and read the disconnect then.
+    assert consumer.log[0][0] == "cancelled"
+    assert start + 2.0 <= consumer.log[0][1] <= start + 2.2
+
+
+async def test_watchdog_is_one_per_event_loop() -> None:
+    """Entering it again while one runs does nothing more; it is gone after the block."""
+    assert _find_watchdog() is None
+    async with handler_watchdog():
+        first = _find_watchdog()
+        assert first is not None
+        async with handler_watchdog():
+            assert _find_watchdog() is first
+        assert _find_watchdog() is first
+    assert _find_watchdog() is None
+
+
+async def test_body_errors_leave_the_watchdog_unwrapped() -> None:
+    """An exception in the block comes out as itself, not in an exception group."""
+    with pytest.raises(KeyError, match="boom"):
+        async with handler_watchdog():
+            raise KeyError("boom")
+    assert _find_watchdog() is None
+
+
+async def test_protocol_type_router_lifespan_runs_the_watchdog() -> None:
+    """The router's lifespan opens the watchdog at startup and closes it at shutdown."""
+    router = ProtocolTypeRouter({"websocket": Stuck.as_asgi()}, lifespan_contexts=())
+    async with ApplicationCommunicator(router, {"type": "lifespan"}) as comm:
+        await comm.send_input({"type": "lifespan.startup"})
+        assert await comm.receive_output() == {"type": "lifespan.startup.complete"}
+        assert _find_watchdog() is not None
+        await comm.send_input({"type": "lifespan.shutdown"})
+        assert await comm.receive_output() == {"type": "lifespan.shutdown.complete"}
+        await comm.wait()
+    assert _find_watchdog() is None
+
+
+def test_watchdog_neutral(backend: str) -> None:
+    """On asyncio and trio the watchdog rescues a stuck handler's disconnect."""
+
+    async def body() -> None:
+        consumer = Stuck()
+        consumer.close_timeout = 0.2  # type: ignore[misc]
+        with anyio.fail_after(5):
+            async with (
+                handler_watchdog(),
+                ApplicationCommunicator(consumer, SCOPE) as comm,
+            ):
+                await comm.send_input({"type": "websocket.connect"})
+                await comm.receive_output()
+                await comm.send_input({"type": "websocket.receive", "text": "stuck"})
+                await comm.send_input({"type": "websocket.disconnect", "code": 1000})
+                await comm.wait(timeout=3)
+        assert [event for event, _ in consumer.log] == ["cancelled", "disconnect"]
+
+    anyio.run(body, backend=backend)
