@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 import pytest
 import trio
@@ -146,3 +148,63 @@ def test_watchdog_neutral(backend: str) -> None:
         assert [event for event, _ in consumer.log] == ["cancelled", "disconnect"]
 
     anyio.run(body, backend=backend)
+
+
+async def test_spare_from_the_watchdog_keeps_the_instances_context() -> None:
+    """Handlers run by a watchdog-started spare see middleware's variables and the instance's thread.
+
+    The spare is started from the watchdog's task, but trio and anyio give a task
+    started in a task group the context of the group's own task, not the caller's.
+    """
+    import contextvars
+    import threading
+    import time
+
+    from trichannels.consumer import SyncConsumer
+
+    request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id")
+    seen: list[tuple[str, str, int]] = []
+
+    class Slow(SyncConsumer):
+        channel_layer_alias = None
+
+        def websocket_connect(self, message: Message) -> None:
+            self.send({"type": "websocket.accept"})
+
+        def websocket_receive(self, message: Message) -> None:
+            if message["text"] == "slow":
+                time.sleep(0.5)  # real time: the watchdog starts the spare meanwhile
+            seen.append(
+                (message["text"], request_id.get("unset"), threading.get_ident())
+            )
+            self.send({"type": "websocket.send", "text": message["text"]})
+
+    async def with_request_id(scope: Any, receive: Any, send: Any) -> None:
+        request_id.set("r-42")
+        await app(scope, receive, send)
+
+    consumers: list[Slow] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        consumer = Slow()
+        consumers.append(consumer)
+        await consumer(scope, receive, send)
+
+    async with (
+        handler_watchdog(),
+        ApplicationCommunicator(with_request_id, SCOPE) as comm,
+    ):
+        await comm.send_input({"type": "websocket.connect"})
+        await comm.receive_output()
+        await comm.send_input({"type": "websocket.receive", "text": "slow"})
+        assert (await comm.receive_output(timeout=30))["text"] == "slow"
+        assert consumers[0]._spare_running  # so "next" is read and run by the spare
+        await comm.send_input({"type": "websocket.receive", "text": "next"})
+        assert (await comm.receive_output(timeout=30))["text"] == "next"
+        await comm.send_input({"type": "websocket.disconnect", "code": 1000})
+        await comm.wait(timeout=30)
+    assert [(text, rid) for text, rid, _ in seen] == [
+        ("slow", "r-42"),
+        ("next", "r-42"),
+    ]
+    assert seen[0][2] == seen[1][2]  # the instance's own thread both times

@@ -248,7 +248,7 @@ async def handler_watchdog() -> AsyncIterator[None]:
     if _find_watchdog() is not None:
         await anyio.lowlevel.checkpoint()
         yield
-        return
+        return  # noqa: ASYNC911 - the checkpoint above is the one on entry
     watchdog = _Watchdog(_loop_key())
     error: Exception | None = None
     async with anyio.create_task_group() as tg:

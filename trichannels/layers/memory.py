@@ -28,7 +28,6 @@ import asyncio
 import heapq
 import math
 import typing
-from asyncio import _get_running_loop
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from functools import partial
@@ -111,7 +110,7 @@ def _loop_or_lowlevel() -> asyncio.AbstractEventLoop | _Lowlevel:
     global _trio_lowlevel
     name = _sniffio_thread.name
     if name is None:
-        loop = _get_running_loop()
+        loop = asyncio._get_running_loop()
         if loop is not None:
             return loop
     elif name == "trio":
