@@ -210,3 +210,30 @@ async def test_bad_arguments(
     channels = args.pop("channels")
     with pytest.raises(exc, match=pattern):
         await run_worker(make_app([]), channels, layer=layer, **args)
+
+
+async def test_prompt_handlers_run_in_one_task(
+    layer: InMemoryChannelLayer, nursery: trio.Nursery
+) -> None:
+    """The worker watches busy handlers for all instances: none starts a spare reader."""
+    spares: list[bool] = []
+
+    class Quick(AsyncConsumer):
+        channel_layer_alias = None
+
+        async def job_run(self, message: Message) -> None:
+            spares.append(self._spare_running or self._others_started)
+
+    await nursery.start(
+        lambda task_status: run_worker(
+            ChannelNameRouter({"jobs": Quick.as_asgi()}),
+            ["jobs"],
+            layer=layer,
+            task_status=task_status,
+        )
+    )
+    for n in range(3):
+        await layer.send("jobs", {"type": "job.run", "n": n})
+    await trio.testing.wait_all_tasks_blocked()
+    assert spares == [False, False, False]
+    nursery.cancel_scope.cancel()

@@ -238,7 +238,8 @@ async def handler_watchdog() -> AsyncIterator[None]:
     """Run one watcher for busy handlers in this event loop while the block runs.
 
     :class:`~trichannels.routing.ProtocolTypeRouter` opens it for the life of
-    the server (in its lifespan). Consumer instances started meanwhile then need
+    the server (in its lifespan), and :func:`~trichannels.worker.run_worker`
+    for the life of the worker. Consumer instances started meanwhile then need
     no spare task of their own to notice a disconnect while a handler is busy:
     the watcher starts one only for an instance whose handler has run for
     0.1 to 0.2 s. Without it (no lifespan, test communicators) each instance starts

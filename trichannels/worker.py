@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.abc import TaskStatus
 
+from trichannels.consumer import handler_watchdog
 from trichannels.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
@@ -109,7 +110,9 @@ async def run_worker(
 
         layer = get_channel_layer(alias)
     stop = _Stop(grace_period)
-    async with anyio.create_task_group() as tg:
+    # One watcher of busy handlers for all the worker's instances: an instance
+    # whose handler returns promptly then runs in a single task.
+    async with handler_watchdog(), anyio.create_task_group() as tg:
         for name in names:
             for _ in range(concurrency):
                 tg.start_soon(_take_messages, application, layer, name, stop)
