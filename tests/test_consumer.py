@@ -948,3 +948,37 @@ async def test_refusal_follows_each_instances_allowlist(
             await deliver(LayerUser(layer_event_handlers=allowed))
             == "refused chat_message"
         )
+
+
+async def test_layer_messages_waiting_at_a_disconnect_still_run(
+    memory_layer: Any, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Layer messages that arrived while a layer handler ran are handled in the grace period."""
+    log: list[tuple[str, float]] = []
+
+    class SlowLayer(LayerUser):
+        async def chat_message(self, event: Message) -> None:
+            if event["text"] == "slow":
+                await trio.sleep(1)
+            log.append((event["text"], trio.current_time()))
+
+        async def websocket_disconnect(self, message: Message) -> None:
+            log.append(("disconnect", trio.current_time()))
+
+    async with ApplicationCommunicator(SlowLayer(), SCOPE) as comm:
+        await comm.send_input({"type": "websocket.connect"})
+        await comm.receive_output()
+        channel = (await comm.receive_output())["text"]
+        start = trio.current_time()
+        for text in ("slow", "second", "third"):
+            await memory_layer.send(channel, {"type": "chat.message", "text": text})
+        await trio.sleep(0.5)
+        await comm.send_input({"type": "websocket.disconnect", "code": 1000})
+        await comm.wait(timeout=10)
+    assert log == [
+        ("slow", start + 1),
+        ("second", start + 1),
+        ("third", start + 1),
+        ("disconnect", start + 1),
+    ]
+    assert memory_layer.statistics().messages_dropped == 0

@@ -973,3 +973,19 @@ async def test_async_with_and_aclose_when_cancelled() -> None:
         await other.aclose()
     assert scope.cancelled_caught
     assert other.closed
+
+
+async def test_receive_nowait_skips_expired_and_never_waits(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """_receive_nowait (used at a consumer's disconnect) takes what is queued, in order, unexpired."""
+    async with InMemoryChannelLayer(expiry=1) as layer:
+        channel = await layer.new_channel()
+        assert layer._receive_nowait(channel) is None
+        await layer.send(channel, {"type": "m", "n": 0})
+        await trio.sleep(2)
+        await layer.send(channel, {"type": "m", "n": 1})
+        assert layer._receive_nowait(channel) == {"type": "m", "n": 1}
+        assert layer._receive_nowait(channel) is None
+        stats = layer.statistics()
+        assert (stats.messages_received, stats.messages_expired) == (1, 1)

@@ -1295,3 +1295,20 @@ async def test_consumer_names_its_channel_only_when_used(make_layer: MakeLayer) 
                     assert list(layer._local) == [name]
             finally:
                 channel_layers.set("default", previous)
+
+
+async def test_receive_nowait_takes_only_what_is_already_here(
+    make_layer: MakeLayer,
+) -> None:
+    """_receive_nowait (used at a consumer's disconnect) never waits and takes in order."""
+    with trio.fail_after(10):
+        async with make_layer() as layer:
+            channel = await layer.new_channel()
+            assert layer._receive_nowait(channel) is None
+            assert layer._receive_nowait("specific.nobody!x") is None
+            for n in range(2):
+                await layer.send(channel, {"type": "m", "n": n})
+            assert layer._receive_nowait(channel) == {"type": "m", "n": 0}
+            assert layer._receive_nowait(channel) == {"type": "m", "n": 1}
+            assert layer._receive_nowait(channel) is None
+            assert layer.statistics().messages_received == 2

@@ -343,6 +343,7 @@ class AsyncConsumer:
         self._armed_seq = -1
         self._cut_short = False
         self._spare_running = False
+        self._disconnect_started = False
         self._watchdog: _Watchdog | None = None
         self._watched = False  # registered with the watchdog for this handler run
         self._others_started = False  # any task besides the instance's own
@@ -605,6 +606,21 @@ class AsyncConsumer:
         self, agent: anyio.CancelScope, from_layer: bool, message: Message
     ) -> None:
         """Handle ``message`` now, or queue it behind the running handler."""
+        if self._disconnect_message is not None:
+            # Taken as the disconnect was noticed (a layer message): it may only
+            # run before the disconnect handler, from the queue.
+            if (
+                self._disconnect_started
+                or len(self._pending or ()) >= self.max_pending_events
+            ):
+                if from_layer:
+                    self._dropped_in_hand(message)
+                await anyio.lowlevel.checkpoint()
+                return
+            if self._pending is None:
+                self._pending = deque()
+            self._pending.append((from_layer, message))
+            return  # noqa: ASYNC910 - the reader's await on its source was the checkpoint
         if self._dispatch_scope is not None:
             pending = self._pending
             if pending is None:
@@ -689,11 +705,21 @@ class AsyncConsumer:
         if disconnect is None or self._stopped:
             # Stopped: the task group is cancelled, a checkpoint would raise for nothing.
             return  # noqa: ASYNC910 - the reading loop awaited the server
-        while self._dispatch_scope is not None:
-            # Another agent is handling events queued before the disconnect; its
-            # scope carries the grace deadline.
-            self._idle = anyio.Event()
-            await self._idle.wait()
+        while True:
+            while self._dispatch_scope is not None:
+                # Another agent is handling events queued before the disconnect;
+                # its scope carries the grace deadline.
+                self._idle = anyio.Event()
+                await self._idle.wait()
+            if not self._pending or self._grace_deadline <= anyio.current_time():
+                break
+            # Events that arrived before the disconnect while no handler ran (layer
+            # messages taken at the disconnect): run them within the grace period.
+            with anyio.CancelScope(deadline=self._grace_deadline) as agent:
+                from_layer, message = self._pending.popleft()
+                await self._dispatch_now(agent, from_layer, message)
+            self._agent_done(agent)
+        self._disconnect_started = True  # what is taken from now on is dropped
         name = get_handler_name(disconnect)
         if not callable(getattr(self, name, None)):
             # No handler: the connection is over anyway.
@@ -722,12 +748,32 @@ class AsyncConsumer:
         self._disconnect_message = message
         self._grace_deadline = anyio.current_time() + self.close_timeout
         self._release_watcher()
+        self._take_layer_backlog()
         for agent in self._agents:
             if agent is self._dispatch_scope:
                 agent.deadline = min(agent.deadline, self._grace_deadline)
             elif agent is not self._watching and agent is not self._noticing:
                 # Parked on the server or the layer (both cancellation-safe).
                 agent.cancel()
+
+    def _take_layer_backlog(self) -> None:
+        """Queue the layer messages that arrived before the disconnect, to run in its grace.
+
+        Reading the layer stops at a disconnect; what was already waiting on the
+        instance's channel (while a handler ran) is still handled, up to
+        max_pending_events queued events in all.
+        """
+        layer = self.channel_layer
+        if layer is None or not self._layer_reader_started:
+            return
+        pending = self._pending
+        if pending is None:
+            pending = self._pending = deque()
+        while len(pending) < self.max_pending_events:
+            message = layer._receive_nowait(self._channel_name)
+            if message is None:
+                break
+            pending.append((True, message))
 
     def _end_grace(self) -> None:
         """Stop dispatching now: cancel the busy handler, drop the queued events.

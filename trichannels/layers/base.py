@@ -745,6 +745,15 @@ class BaseChannelLayer(anyio.abc.AsyncResource):
         """:meth:`new_channel` without the checkpoint (event-loop thread only)."""
         raise NotImplementedError
 
+    def _receive_nowait(self, channel: str) -> dict[str, Any] | None:
+        """The next message already queued for this process on ``channel``, or None.
+
+        Never waits (event-loop thread only). A consumer instance uses it at a
+        disconnect to handle, within the grace period, the layer messages that
+        arrived before it. Layers that cannot tell return None.
+        """
+        return None
+
     @abc.abstractmethod
     async def group_add(self, group: str, channel: str) -> None:
         """Add ``channel`` to ``group`` (idempotent; refreshes the membership's expiry). A checkpoint."""

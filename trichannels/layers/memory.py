@@ -443,6 +443,25 @@ class InMemoryChannelLayer(BaseChannelLayer):
 
     _names_channels_now = True
 
+    def _receive_nowait(self, channel: str) -> dict[str, Any] | None:
+        if self._closed:
+            return None
+        ch = self._channels.get(channel)
+        if ch is None or not ch.queue:
+            return None
+        queue = ch.queue
+        now = anyio.current_time()
+        if queue[0][0] <= now:
+            self._expire_head(ch, now)
+        if not queue:
+            return None
+        _, message, cloner = queue.popleft()
+        self._queued -= 1
+        self._counters.received += 1
+        if not queue and not ch.waiters:
+            del self._channels[channel]
+        return message if cloner is None else cloner(message)
+
     def _new_channel_now(self, prefix: str = "specific.") -> str:
         if self._closed:
             self._check_open()

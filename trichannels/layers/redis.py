@@ -1522,6 +1522,23 @@ class RedisChannelLayer(BaseChannelLayer):
 
     _names_channels_now = True
 
+    def _receive_nowait(self, channel: str) -> dict[str, Any] | None:
+        local = self._local.get(channel)
+        if local is None or self._closed:
+            return None
+        items = local.queue.items
+        now = self._now()
+        while items:
+            item = items.popleft()
+            if item is _WAKE:
+                continue
+            if item.deadline < now:
+                self._counters.expired += 1
+                continue
+            self._counters.received += 1
+            return item.message
+        return None
+
     def _new_channel_now(self, prefix: str = "specific.") -> str:
         self._check_open()
         name = new_channel_name(prefix, self._proc)
