@@ -44,7 +44,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import anyio
-import sniffio
 from anyio.abc import TaskGroup
 
 from trichannels._validation import short_repr, validate_outgoing
@@ -164,14 +163,8 @@ _RETIRE_AFTER: Final = 1.0
 
 
 def _loop_key() -> object:
-    """Something that identifies the running event loop."""
-    if sniffio.current_async_library() == "trio":
-        import trio
-
-        return trio.lowlevel.current_trio_token()
-    import asyncio
-
-    return asyncio.get_running_loop()
+    """Something that identifies the running event loop (compared with ``==``)."""
+    return anyio.lowlevel.current_token()
 
 
 class _Watchdog:
@@ -228,7 +221,7 @@ _watchdogs: list[_Watchdog] = []
 def _find_watchdog() -> _Watchdog | None:
     key = _loop_key()
     for watchdog in _watchdogs:
-        if watchdog.key is key and not watchdog.closed:
+        if watchdog.key == key and not watchdog.closed:
             return watchdog
     return None
 
@@ -479,12 +472,14 @@ class AsyncConsumer:
             finally:
                 self._drop_undelivered(layer)
 
-    # How events reach handlers. Two tasks per instance share reading the server's
-    # events: one reads and, when no handler is running, handles the event itself
-    # (no task switch per event); otherwise it queues it for the running handler's
-    # task, which drains the queue in order before it reads again. The other task
-    # sleeps; if the reader is still in a handler _TAKEOVER_AFTER seconds later it
-    # takes over reading, so a disconnect is noticed however long a handler takes.
+    # How events reach handlers. One task reads the server's events and, when no
+    # handler is running, handles the event itself (no task switch per event);
+    # otherwise it queues it for the running handler's task, which drains the queue
+    # in order before it reads again. If the reader is still in a handler
+    # _TAKEOVER_AFTER seconds later, a spare task takes over reading, so a
+    # disconnect is noticed however long a handler takes; the process's watchdog
+    # (handler_watchdog) starts that spare, or, without one, the instance keeps a
+    # spare of its own that sleeps while it is not needed.
     # The layer reader (once started) handles or queues layer events the same way.
     # Each of these tasks runs inside its own long-lived cancel scope (an "agent"):
     # at a disconnect the busy one gets the grace deadline, the others are cancelled.
@@ -496,11 +491,7 @@ class AsyncConsumer:
             self._agents.append(agent)
             if self._reader is None:
                 self._reader = agent
-            elif (
-                takeover_seq == self._dispatch_seq
-                and self._dispatch_scope is not None
-                and self._dispatch_scope is self._reader
-            ):
+            elif takeover_seq == self._dispatch_seq and self._reader_busy():
                 # Started by the watchdog for a handler run that is still going.
                 self._reader = agent
             try:
@@ -535,10 +526,7 @@ class AsyncConsumer:
         """
         retire_seq = -1
         while self._disconnect_message is None and not self._stopped:
-            busy = (
-                self._dispatch_scope is not None
-                and self._dispatch_scope is self._reader
-            )
+            busy = self._reader_busy()
             if spare and not busy and retire_seq == self._dispatch_seq:
                 return False  # noqa: ASYNC910 - idle for _RETIRE_AFTER (woken, not polled)
             with anyio.CancelScope() as wait:
@@ -554,15 +542,15 @@ class AsyncConsumer:
                     await wake.wait()
                 finally:
                     self._watcher = self._watching = self._wake = None
-            if (
-                self._dispatch_scope is not None
-                and self._dispatch_scope is self._reader
-                and self._dispatch_seq == self._armed_seq
-            ):
+            if self._reader_busy() and self._dispatch_seq == self._armed_seq:
                 # The same handler run has lasted _TAKEOVER_AFTER: read in its place.
                 self._reader = agent
                 return True
         return False  # noqa: ASYNC910 - reading ended
+
+    def _reader_busy(self) -> bool:
+        """Whether the agent that reads the server's events is running a handler."""
+        return self._dispatch_scope is not None and self._dispatch_scope is self._reader
 
     def _release_watcher(self) -> None:
         if self._wake is not None:

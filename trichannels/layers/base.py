@@ -55,6 +55,7 @@ import anyio.abc
 import anyio.lowlevel
 import attrs
 import msgpack
+from sniffio import thread_local as _sniffio_thread
 
 from trichannels.exceptions import ChannelFull, InvalidChannelLayerError, InvalidMessage
 from trichannels.layers._names import (
@@ -435,13 +436,15 @@ def _lowlevel() -> _Lowlevel:
     per layer operation, more than the operation itself. Under trio this returns
     trio's own functions (the same ones anyio calls, taken from the already
     imported module, so no trio import is added); under any other backend it
-    returns anyio's. Semantics are identical either way.
+    returns anyio's. Semantics are identical either way. Trio sets sniffio's
+    thread-local name for as long as it runs (also as a guest on an asyncio
+    loop), the cheapest way to tell.
     """
     global _trio_lowlevel
-    trio: Any = sys.modules.get("trio")
-    if trio is None or not trio.lowlevel.in_trio_task():
+    if _sniffio_thread.name != "trio":
         return _ANYIO_LOWLEVEL
     if _trio_lowlevel is None:
+        trio: Any = sys.modules["trio"]
         _trio_lowlevel = _Lowlevel(
             trio.lowlevel.checkpoint_if_cancelled,
             trio.lowlevel.cancel_shielded_checkpoint,

@@ -97,26 +97,16 @@ def _wake_future(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-_trio_lowlevel: _Lowlevel | None = None
-
-
 def _loop_or_lowlevel() -> asyncio.AbstractEventLoop | _Lowlevel:
     """The running asyncio loop; else the running backend's primitives (see ``_lowlevel``).
 
     Trio sets sniffio's thread-local name for as long as it runs (also as a
-    guest on an asyncio loop), so this agrees with anyio's own choice of
-    backend; under trio it saves ``_lowlevel()``'s own lookup after the first call.
+    guest on an asyncio loop), so this agrees with anyio's own choice of backend.
     """
-    global _trio_lowlevel
-    name = _sniffio_thread.name
-    if name is None:
+    if _sniffio_thread.name is None:
         loop = asyncio._get_running_loop()
         if loop is not None:
             return loop
-    elif name == "trio":
-        if _trio_lowlevel is None:
-            _trio_lowlevel = _lowlevel()  # whatever it gives under trio stays valid
-        return _trio_lowlevel
     return _lowlevel()
 
 

@@ -63,6 +63,7 @@ from trichannels.layers.base import (
     Delivery,
     LayerStatistics,
     MessageSerializer,
+    _check_positive_int,
     _Event,
     _lowlevel,
 )
@@ -1124,21 +1125,23 @@ class RedisChannelLayer(BaseChannelLayer):
         self._hosts = _parse_hosts(hosts)
         self._ring = _Ring([h.label for h in self._hosts])
         self._secrets = tuple(s for h in self._hosts for s in h.secrets)
-        self.inbox_capacity = _positive_int("inbox_capacity", inbox_capacity)
+        self.inbox_capacity = _check_positive_int("inbox_capacity", inbox_capacity)
         self.visibility_timeout = _positive_float(
             "visibility_timeout", visibility_timeout
         )
-        self.max_deliveries = _positive_int("max_deliveries", max_deliveries)
+        self.max_deliveries = _check_positive_int("max_deliveries", max_deliveries)
         self.reconnect_deadline = (
             None
             if reconnect_deadline is None
             else _positive_float("reconnect_deadline", reconnect_deadline)
         )
-        self.max_message_size = _positive_int("max_message_size", max_message_size)
+        self.max_message_size = _check_positive_int(
+            "max_message_size", max_message_size
+        )
         self.socket_timeout = _positive_float("socket_timeout", socket_timeout)
         self.connect_timeout = _positive_float("connect_timeout", connect_timeout)
         self.pool_timeout = _positive_float("pool_timeout", pool_timeout)
-        self.max_connections = _positive_int("max_connections", max_connections)
+        self.max_connections = _check_positive_int("max_connections", max_connections)
         self.block_time = _positive_float("block_time", block_time)
         self._fernet = _make_fernet(symmetric_encryption_keys)
         given: object = local_delivery
@@ -2642,13 +2645,6 @@ def _drain_worker(wc: _WorkerChannel) -> list[_Item]:
 def _backoff(failures: int) -> float:
     """50 ms doubling to 2 s, with jitter in [50 %, 100 %]."""
     return min(2.0, 0.05 * (1 << min(failures, 10))) * random.uniform(0.5, 1.0)
-
-
-def _positive_int(name: str, value: object) -> int:
-    if type(value) is not int or value < 1:
-        msg = f"{name} is {value!r}, which is not an int >= 1"
-        raise InvalidChannelLayerError(msg)
-    return value
 
 
 def _positive_float(name: str, value: object) -> float:
