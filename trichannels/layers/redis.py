@@ -28,6 +28,7 @@ import logging
 import math
 import random
 import re
+import sys
 import time
 import typing
 import uuid
@@ -44,9 +45,10 @@ import attrs
 import coredis
 import coredis.exceptions
 from coredis.commands.constants import CommandName
-from coredis.connection import TCPLocation
+from coredis.connection import BaseConnection, TCPLocation
 from coredis.retry import NoRetryPolicy
 from coredis.typing import ResponseType
+from sniffio import thread_local as _sniffio_thread
 
 from trichannels.exceptions import (
     ChannelFull,
@@ -903,11 +905,180 @@ class _PendingSend:
     error: BaseException | None = None
 
 
+class _Reply:
+    """A pending reply on a :class:`_Link` connection (what coredis' ``Request`` does, minus
+    its per-call telemetry, statistics and weak proxy): the connection's reader task
+    resolves it in FIFO order through ``consume`` / ``fail``."""
+
+    __slots__ = ("complete", "error", "event", "result")
+
+    current_decode = False
+    current_encoding = "utf-8"
+
+    def __init__(self, event: _Event) -> None:
+        self.complete = False
+        self.event = event
+        self.result: ResponseType = None
+        self.error: BaseException | None = None
+
+    def consume(self, response: ResponseType | BaseException) -> None:
+        if isinstance(response, BaseException):
+            self.error = response
+        else:
+            self.result = response
+        self.complete = True
+        self.event.set()
+
+    def fail(self, error: BaseException) -> None:
+        if not self.complete:
+            self.error = error
+            self.complete = True
+            self.event.set()
+
+
+def _deadline_scope(deadline: float) -> contextlib.AbstractContextManager[Any]:
+    """A cancel scope with ``deadline``: trio's own under trio (anyio's wrapper costs ~3 us)."""
+    if _sniffio_thread.name == "trio":
+        return cast(
+            "contextlib.AbstractContextManager[Any]",
+            sys.modules["trio"].CancelScope(deadline=deadline),
+        )
+    return anyio.CancelScope(deadline=deadline)
+
+
+async def _read_replies(conn: BaseConnection) -> None:
+    """A :class:`_Link` connection's reader task: coredis' own minus a deadline scope and
+    statistics per read (the layer sets no idle timeout and reads no push messages)."""
+    while (stream := conn.stream) is not None:
+        try:
+            data = await stream.receive()
+        except (
+            anyio.EndOfStream,
+            anyio.ClosedResourceError,
+            anyio.BrokenResourceError,
+        ) as err:
+            conn._transport_failed = True
+            msg = "Connection lost while receiving response"
+            raise coredis.exceptions.ConnectionError(msg) from err
+        except Exception:
+            conn._transport_failed = True
+            raise
+        conn._data_received(data)
+
+
+class _Link:
+    """One coredis connection used directly, for the layer's hot commands.
+
+    ``Redis.execute_command`` costs, per call, a command object, a telemetry
+    span, the retry policy, a pool lease (a lock and a deadline scope), a hop
+    through the connection's writer task and a callback. Here the calling
+    task packs the command and writes it to the connection's socket itself,
+    registers a :class:`_Reply` in the connection's FIFO of pending replies,
+    and waits for the connection's reader task to fill it in. Concurrent
+    calls pipeline on the one connection. coredis still connects (TLS,
+    ``HELLO``/``AUTH``, ``SELECT``, client name, Sentinel discovery) and parses.
+    The connection runs in the client's pool task group, so it ends with the
+    client; a dead one is replaced on the next call. Never retries: a failure
+    raises what coredis raises (``ConnectionError``; ``TimeoutError`` after
+    the client's ``stream_timeout``; the command's own error).
+    """
+
+    __slots__ = ("_client", "_conn", "_connect_lock", "_write_lock")
+
+    def __init__(self, client: _Client) -> None:
+        self._client = client
+        self._conn: BaseConnection | None = None
+        self._connect_lock = anyio.Lock()
+        self._write_lock = anyio.Lock()
+
+    async def _connect(self) -> BaseConnection:
+        async with self._connect_lock:
+            conn = self._conn
+            if conn is not None and conn.usable:
+                return conn
+            if conn is not None:
+                conn.invalidate()
+                self._conn = None
+            pool = self._client.connection_pool
+            # coredis is pinned to 6.9.x: the private parts used here are stable.
+            conn = cast("BaseConnection", await pool._construct_connection())
+            # An instance attribute: run() starts self._reader_task.
+            conn._reader_task = functools.partial(_read_replies, conn)  # type: ignore[method-assign]
+            await pool.task_group.start(conn.run)
+            self._conn = conn
+            return conn
+
+    async def call(
+        self, *command: str | bytes | float, blocking: bool = False
+    ) -> ResponseType:
+        """Send ``command`` (name first) and return its raw reply. A checkpoint.
+
+        A call cancelled before its command is written sends nothing.
+        ``blocking``: a command that waits server-side (``XREAD BLOCK``);
+        cancelling it while it waits closes the connection, as the reply
+        would otherwise hold up every command queued behind it.
+        """
+        conn = self._conn
+        if conn is None or not conn.usable:
+            conn = await self._connect()
+        ll = _lowlevel()
+        lock = self._write_lock
+        if lock.locked():
+            await lock.acquire()
+        else:
+            await ll.checkpoint_if_cancelled()
+            lock.acquire_nowait()
+        reply = _Reply(ll.Event())
+        timeout = conn._stream_timeout
+        with _deadline_scope(
+            math.inf if timeout is None else ll.current_time() + timeout
+        ):
+            try:
+                try:
+                    stream = conn.stream
+                    if stream is None or not conn.usable:
+                        msg = "Connection not usable"
+                        raise coredis.exceptions.ConnectionError(msg)
+                    packed = conn._packer.pack_command(
+                        cast("bytes", command[0]), *command[1:]
+                    )
+                    conn._requests.append(reply)  # type: ignore[arg-type]
+                    # Nothing has yielded since the checkpoint above, so this write
+                    # is cancelled only while the socket buffer is full.
+                    await stream.send(b"".join(packed))
+                finally:
+                    lock.release()
+            except coredis.exceptions.ConnectionError:
+                raise
+            except Exception as exc:
+                conn.invalidate()
+                msg = f"Connection lost while sending a request: {exc!r}"
+                raise coredis.exceptions.ConnectionError(msg) from exc
+            except BaseException:
+                # Cancelled part-way through a write: the connection is unusable.
+                conn.invalidate()
+                raise
+            try:
+                await reply.event.wait()
+            except BaseException:
+                if blocking and not reply.complete:
+                    conn.invalidate()
+                raise
+        if not reply.complete:
+            conn.invalidate()
+            msg = f"no reply from Redis within {timeout} s"
+            raise TimeoutError(msg)
+        if reply.error is not None:
+            raise reply.error
+        return reply.result
+
+
 @attrs.define(eq=False)
 class _Shard:
     index: int
     host: _Host
     write: _Client | None = None
+    link: _Link | None = None
     sentinel: coredis.Sentinel[bytes] | None = None
     queue: deque[_PendingSend] = attrs.field(factory=deque)
     in_flight: int = 0
@@ -1261,9 +1432,15 @@ class RedisChannelLayer(BaseChannelLayer):
         args: Sequence[str | bytes | int | float],
     ) -> ResponseType:
         """Run a script on ``shard``'s shared client, translating failures."""
-        assert shard.write is not None
+        link = shard.link
+        assert link is not None
+        script = _SCRIPTS[name]
         try:
-            return await self._script(shard.write, name, keys, args)
+            try:
+                return await link.call(b"EVALSHA", script.sha, len(keys), *keys, *args)
+            except coredis.exceptions.NoScriptError:
+                await link.call(b"SCRIPT", b"LOAD", script.text)
+                return await link.call(b"EVALSHA", script.sha, len(keys), *keys, *args)
         except _REDIS_ERRORS as exc:
             raise self._connection_error(shard, action, exc) from exc
 
@@ -1404,6 +1581,7 @@ class RedisChannelLayer(BaseChannelLayer):
                     await stack.enter_async_context(shard.sentinel)
                 shard.write = self._make_client(shard, "cmd", blocking=False)
                 await stack.enter_async_context(shard.write)
+                shard.link = _Link(shard.write)
                 for script in _SCRIPTS.values():
                     await shard.write.script_load(script.text)
             except _REDIS_ERRORS as exc:
@@ -2057,15 +2235,18 @@ class RedisChannelLayer(BaseChannelLayer):
             error: BaseException | None = None
             try:
                 async with self._make_client(shard, "inbox", blocking=True) as client:
+                    link = _Link(client)
                     try:
-                        await client.ping()  # connected: report it now, not after BLOCK
+                        await link.call(
+                            b"PING"
+                        )  # connected: report it now, not after BLOCK
                         if not started:
                             task_status.started()
                             started = True
                         self._note_up("inbox", shard)
                         while True:
-                            request = client.create_request(
-                                CommandName.XREAD,
+                            reply = await link.call(
+                                b"XREAD",
                                 b"COUNT",
                                 100,
                                 b"BLOCK",
@@ -2073,9 +2254,8 @@ class RedisChannelLayer(BaseChannelLayer):
                                 b"STREAMS",
                                 self._inbox_key,
                                 cursor,
-                                callback=_raw,
+                                blocking=True,
                             )
-                            reply = await client.execute_command(request)
                             self._note_up("inbox", shard)
                             failures = 0
                             if reply:

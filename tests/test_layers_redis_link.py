@@ -1,0 +1,178 @@
+"""The Redis layer's direct connection path (``_Link``) and the fast paths built on it.
+
+Against a real Redis server (``REDIS_URL``), like ``test_layers_redis.py``:
+every test uses its own key prefix and deletes its keys; deadlines are
+bounded with ``trio.fail_after``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import coredis
+import pytest
+import trio
+from coredis.retry import NoRetryPolicy
+
+from trichannels.exceptions import ChannelFull
+from trichannels.layers.redis import RedisChannelLayer, _Link
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{secrets.token_hex(5)}"
+
+
+@pytest.fixture
+async def redis(redis_url: str, prefix: str) -> AsyncIterator[coredis.Redis[bytes]]:
+    """A plain coredis client; the test's keys are deleted afterwards."""
+    client = coredis.Redis.from_url(
+        redis_url, retry_policy=NoRetryPolicy(), pool_timeout=5, stream_timeout=5
+    )
+    async with client:
+        yield client
+        keys = [k async for k in client.scan_iter(match=f"{prefix}:*", count=1000)]
+        if keys:
+            await client.unlink(keys)
+
+
+MakeLayer = Callable[..., RedisChannelLayer]
+
+
+@pytest.fixture
+def make_layer(redis_url: str, prefix: str, redis: coredis.Redis[bytes]) -> MakeLayer:
+    def make(**options: Any) -> RedisChannelLayer:
+        options.setdefault("hosts", [redis_url])
+        options.setdefault("prefix", prefix)
+        return RedisChannelLayer(**options)
+
+    return make
+
+
+# --------------------------------------------------------------------------- _Link
+
+
+async def test_link_pipelines_concurrent_calls_and_matches_replies(
+    redis: coredis.Redis[bytes], prefix: str
+) -> None:
+    """200 concurrent calls on one connection: each caller gets its own reply."""
+    link = _Link(redis)
+    got: dict[int, bytes] = {}
+
+    async def one(i: int) -> None:
+        await link.call(b"SET", f"{prefix}:k{i}", str(i))
+        got[i] = await link.call(b"GET", f"{prefix}:k{i}")  # type: ignore[assignment]
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            for i in range(200):
+                nursery.start_soon(one, i)
+    assert got == {i: str(i).encode() for i in range(200)}
+
+
+async def test_link_call_cancelled_before_writing_sends_nothing(
+    redis: coredis.Redis[bytes], prefix: str
+) -> None:
+    link = _Link(redis)
+    await link.call(b"PING")  # connected: the next call takes the fast path
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await link.call(b"SET", f"{prefix}:never", b"1")
+    assert scope.cancelled_caught
+    assert await link.call(b"EXISTS", f"{prefix}:never") == 0
+
+
+async def test_link_reply_of_a_cancelled_call_is_not_given_to_the_next(
+    redis: coredis.Redis[bytes], prefix: str
+) -> None:
+    """A non-blocking call cancelled while waiting: its late reply is consumed in order."""
+    link = _Link(redis)
+    await link.call(b"PING")
+    with trio.fail_after(5):
+        with trio.move_on_after(0.05):
+            # BLPOP that waits 0.3 s server-side, sent as an ordinary call.
+            await link.call(b"BLPOP", f"{prefix}:empty", 0.3)
+        assert await link.call(b"ECHO", b"mine") == b"mine"
+
+
+async def test_link_cancelled_blocking_call_closes_its_connection(
+    redis: coredis.Redis[bytes], prefix: str
+) -> None:
+    """``blocking=True``: the cancelled read's connection is dropped, so the next call is not stuck behind it."""
+    link = _Link(redis)
+    await link.call(b"PING")
+    first = link._conn
+    with trio.move_on_after(0.05):
+        await link.call(
+            b"XREAD", b"BLOCK", 10_000, b"STREAMS", f"{prefix}:s", b"$", blocking=True
+        )
+    with trio.fail_after(2):  # would wait ~10 s behind the XREAD
+        assert await link.call(b"PING") == b"PONG"
+    assert link._conn is not first
+
+
+async def test_link_replaces_a_killed_connection(
+    redis: coredis.Redis[bytes], prefix: str
+) -> None:
+    link = _Link(redis)
+    await link.call(b"CLIENT", b"SETNAME", f"{prefix}-link")
+    conn_id = await link.call(b"CLIENT", b"ID")
+    await redis.client_kill(identifier=int(conn_id))  # type: ignore[arg-type]
+    with trio.fail_after(5):
+        while True:
+            try:
+                assert await link.call(b"PING") == b"PONG"
+                break
+            except (coredis.exceptions.ConnectionError, TimeoutError):
+                await trio.sleep(0.01)
+        assert await link.call(b"CLIENT", b"ID") != conn_id
+
+
+# --------------------------------------------------------------------------- the layer on the link
+
+
+async def test_concurrent_sends_each_get_their_own_status(
+    make_layer: MakeLayer,
+) -> None:
+    """Concurrent sends to full and free channels: exactly the full ones raise ChannelFull."""
+    async with make_layer(capacity=1) as layer:
+        for i in range(0, 40, 2):
+            await layer.send(f"full{i}", {"type": "fill"})
+        outcome: dict[int, str] = {}
+
+        async def one(i: int) -> None:
+            channel = f"full{i}" if i % 2 == 0 else f"free{i}"
+            try:
+                await layer.send(channel, {"type": "m", "i": i})
+            except ChannelFull:
+                outcome[i] = "full"
+            else:
+                outcome[i] = "sent"
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                for i in range(40):
+                    nursery.start_soon(one, i)
+        assert outcome == {i: "full" if i % 2 == 0 else "sent" for i in range(40)}
+        for i in range(1, 40, 2):
+            assert await layer.receive(f"free{i}") == {"type": "m", "i": i}
+
+
+async def test_cancelled_send_through_redis_sends_nothing(
+    make_layer: MakeLayer,
+) -> None:
+    async with make_layer() as sender, make_layer() as receiver:
+        channel = await receiver.new_channel()
+        for target in (channel, "work"):
+            await sender.send(target, {"type": "warm"})
+            assert await receiver.receive(target) == {"type": "warm"}
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await sender.send(target, {"type": "cancelled"})
+            await sender.send(target, {"type": "after"})
+            with trio.fail_after(5):
+                assert await receiver.receive(target) == {"type": "after"}
