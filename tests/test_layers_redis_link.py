@@ -176,3 +176,65 @@ async def test_cancelled_send_through_redis_sends_nothing(
             await sender.send(target, {"type": "after"})
             with trio.fail_after(5):
                 assert await receiver.receive(target) == {"type": "after"}
+
+
+# --------------------------------------------------------------------------- read_take
+
+
+def _fail_read_take(
+    monkeypatch: pytest.MonkeyPatch, *, after_running: bool
+) -> list[int]:
+    """Make the next ``read_take`` script call fail as if its connection died.
+
+    ``after_running``: the script ran in Redis and its reply was lost; else it never ran.
+    Returns a list that counts the failures injected (at most one).
+    """
+    original = _Link.script
+    failed: list[int] = []
+
+    async def script(
+        self: _Link, name: str, keys: Any, args: Any, **kwargs: Any
+    ) -> Any:
+        if name == "read_take" and not failed:
+            failed.append(1)
+            if after_running:
+                await original(self, name, keys, args, **kwargs)
+            raise coredis.exceptions.ConnectionError("injected: connection lost")
+        return await original(self, name, keys, args, **kwargs)
+
+    monkeypatch.setattr(_Link, "script", script)
+    return failed
+
+
+async def test_read_take_reply_lost_with_the_connection_is_recovered(
+    make_layer: MakeLayer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The entries a lost read_take reply carried are delivered after reconnecting, once."""
+    async with make_layer() as layer:
+        await layer.send("jobs", {"type": "before"})
+        assert await layer.receive("jobs") == {"type": "before"}
+        failed = _fail_read_take(monkeypatch, after_running=True)
+        await layer.send("jobs", {"type": "lost reply"})
+        with trio.fail_after(10):
+            assert await layer.receive("jobs") == {"type": "lost reply"}
+        assert failed == [1]
+        await layer.send("jobs", {"type": "next"})
+        with trio.fail_after(5):
+            assert await layer.receive("jobs") == {"type": "next"}
+
+
+async def test_read_take_never_redelivers_a_batch_that_was_received(
+    make_layer: MakeLayer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read_take that fails before running: the previous (delivered) batch is not delivered again."""
+    async with make_layer() as layer:
+        await layer.send("jobs", {"type": "first"})
+        assert await layer.receive("jobs") == {"type": "first"}
+        failed = _fail_read_take(monkeypatch, after_running=False)
+        await layer.send("jobs", {"type": "second"})
+        with trio.fail_after(10):
+            assert await layer.receive("jobs") == {"type": "second"}
+        assert failed == [1]
+        with trio.move_on_after(0.3):  # and nothing more
+            extra = await layer.receive("jobs")
+            pytest.fail(f"delivered again: {extra}")

@@ -7,6 +7,8 @@ group lives in one slot)::
     P:{c:<channel>}         STREAM  a normal (worker) channel; consumer group "w";
                                     PEXPIRE expiry on every send
     P:{c:<channel>}:dead    STREAM  dead letters of an at-least-once channel
+    P:{c:<channel>}:h:<process>  LIST  the last batch a process fetched and took
+                                    from the channel (at-most-once; see read_take)
     P:{p:<process>}:in      STREAM  the inbox of one layer instance: every "!" channel
                                     it created; fields t (target channels, comma
                                     separated) and m (body); kept alive by its owner
@@ -316,6 +318,39 @@ end
 return out
 """
 
+_READ_TAKE: Final = """
+-- At-most-once fetch in one step: read up to ARGV[2] new entries of worker
+-- stream KEYS[1] for consumer ARGV[1] and acknowledge and delete them. The
+-- batch is also kept in the consumer's hand-over list KEYS[2] (ARGV[3] =
+-- token of this call, then id, body, ...) until its next call, so that a
+-- reply lost with the connection can be recovered. Returns {{id, body}...}.
+redis.call('DEL', KEYS[2])
+if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+local res = redis.pcall('XREADGROUP', 'GROUP', 'w', ARGV[1], 'COUNT', ARGV[2],
+  'STREAMS', KEYS[1], '>')
+if not res or res['err'] then return {} end
+local out = {}
+local saved = {ARGV[3]}
+for _, e in ipairs(res[1][2]) do
+  local id = e[1]
+  local fields = e[2]
+  local body = ''
+  for i = 1, #fields, 2 do
+    if fields[i] == 'm' then body = fields[i + 1] end
+  end
+  redis.call('XACK', KEYS[1], 'w', id)
+  redis.call('XDEL', KEYS[1], id)
+  out[#out + 1] = {id, body}
+  saved[#saved + 1] = id
+  saved[#saved + 1] = body
+end
+if #out > 0 then
+  redis.call('RPUSH', KEYS[2], unpack(saved))
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+end
+return out
+"""
+
 _CLAIM: Final = """
 -- Take over entries of worker stream KEYS[1] idle for ARGV[2] ms (their
 -- consumer died or stopped renewing), at most ARGV[3] of them, for consumer
@@ -438,6 +473,7 @@ _SCRIPTS: Final = {
         "ensure_group": _ENSURE_GROUP,
         "ack": _ACK,
         "take": _TAKE,
+        "read_take": _READ_TAKE,
         "claim": _CLAIM,
         "renew": _RENEW,
         "keepalive": _KEEPALIVE,
@@ -1072,6 +1108,20 @@ class _Link:
             raise reply.error
         return reply.result
 
+    async def script(
+        self,
+        name: str,
+        keys: Sequence[str],
+        args: Sequence[str | bytes | float],
+    ) -> ResponseType:
+        """Run a script by SHA, loading it first if the server lost it (NOSCRIPT means it did not run)."""
+        script = _SCRIPTS[name]
+        try:
+            return await self.call(b"EVALSHA", script.sha, len(keys), *keys, *args)
+        except coredis.exceptions.NoScriptError:
+            await self.call(b"SCRIPT", b"LOAD", script.text)
+            return await self.call(b"EVALSHA", script.sha, len(keys), *keys, *args)
+
 
 @attrs.define(eq=False)
 class _Shard:
@@ -1115,6 +1165,9 @@ class _WorkerChannel:
     outstanding: int = 0
     """Items put into the buffer and not yet taken out."""
     next_claim: float = 0.0
+    handover_token: int = 0
+    handover_unknown: int | None = None
+    """The token of a ``read_take`` call whose reply has not been processed."""
 
 
 # --------------------------------------------------------------------------- the layer
@@ -1167,10 +1220,16 @@ class RedisChannelLayer(BaseChannelLayer):
       acknowledged count). A reader fetches only as many entries as there are
       receivers waiting in this process. **At-most-once** (the default): the
       entry is acknowledged and deleted before it is handed over, and only if
-      this process still owns it, so it is never delivered twice; if the
-      process dies (or loses Redis) between fetching and acknowledging,
-      another process claims it after ``visibility_timeout`` (it was never
-      handed over, so this is not a duplicate). A fetched entry
+      this process still owns it, so it is never delivered twice. Entries
+      already waiting are fetched, acknowledged and deleted in one script
+      call, which also keeps the batch in a per-process hand-over list until
+      the next call: if the reply is lost with the connection, the batch is
+      recovered from there on reconnecting. Entries that arrive while the
+      reader blocks are fetched first and acknowledged next; if the process
+      dies (or loses Redis) between the two, another process claims them
+      after ``visibility_timeout`` (never handed over, so not a duplicate).
+      If the process dies after acknowledging and before handing over, the
+      entries are lost. A fetched entry
       whose receiver was cancelled stays buffered for the next receiver in
       this process; if none comes within a second (or the layer closes) it is
       appended to the stream again (it then loses its place in the order) and
@@ -1432,15 +1491,9 @@ class RedisChannelLayer(BaseChannelLayer):
         args: Sequence[str | bytes | int | float],
     ) -> ResponseType:
         """Run a script on ``shard``'s shared client, translating failures."""
-        link = shard.link
-        assert link is not None
-        script = _SCRIPTS[name]
+        assert shard.link is not None
         try:
-            try:
-                return await link.call(b"EVALSHA", script.sha, len(keys), *keys, *args)
-            except coredis.exceptions.NoScriptError:
-                await link.call(b"SCRIPT", b"LOAD", script.text)
-                return await link.call(b"EVALSHA", script.sha, len(keys), *keys, *args)
+            return await shard.link.script(name, keys, args)
         except _REDIS_ERRORS as exc:
             raise self._connection_error(shard, action, exc) from exc
 
@@ -2368,19 +2421,19 @@ class RedisChannelLayer(BaseChannelLayer):
                     async with self._make_client(
                         wc.shard, "worker", blocking=True
                     ) as client:
+                        link = _Link(client)
                         try:
                             while True:
                                 try:
-                                    await self._script(
-                                        client,
+                                    await link.script(
                                         "ensure_group",
                                         [wc.key],
                                         [self._expiry_ms],
                                     )
-                                    await self._recover_pending(wc, client)
+                                    await self._recover_pending(wc, link)
                                     self._note_up(source, wc.shard)
                                     failures = 0
-                                    if not await self._worker_loop(wc, client):
+                                    if not await self._worker_loop(wc, link):
                                         return
                                 except (
                                     coredis.exceptions.StreamConsumerGroupError,
@@ -2402,7 +2455,7 @@ class RedisChannelLayer(BaseChannelLayer):
             wc.reader_running = False
             self._down_since.pop(source, None)
 
-    async def _worker_loop(self, wc: _WorkerChannel, client: _Client) -> bool:
+    async def _worker_loop(self, wc: _WorkerChannel, link: _Link) -> bool:
         """Serve ``wc`` until it has been idle for ``visibility_timeout`` (returns False)."""
         await anyio.lowlevel.checkpoint()
         block_ms = max(1, int(min(self.block_time, self.visibility_timeout / 2) * 1000))
@@ -2436,10 +2489,13 @@ class RedisChannelLayer(BaseChannelLayer):
             now = self._now()
             if now >= wc.next_claim:
                 wc.next_claim = now + self.visibility_timeout / 2
-                if await self._claim(wc, client, need):
+                if await self._claim(wc, link, need):
                     continue
-            request = client.create_request(
-                CommandName.XREADGROUP,
+            if wc.delivery == "at-most-once" and await self._read_take(wc, link, need):
+                continue
+            epoch = self._flush_epoch
+            reply = await link.call(
+                b"XREADGROUP",
                 b"GROUP",
                 _GROUP,
                 self._proc,
@@ -2450,19 +2506,59 @@ class RedisChannelLayer(BaseChannelLayer):
                 b"STREAMS",
                 wc.key,
                 b">",
-                callback=_raw,
+                blocking=True,
             )
-            epoch = self._flush_epoch
-            reply = await client.execute_command(request)
             if reply:
                 entries = next(iter(cast("dict[bytes, list[Any]]", reply).values()))
                 await self._accept(wc, [(e[0], e[1]) for e in entries], epoch)
 
-    async def _recover_pending(self, wc: _WorkerChannel, client: _Client) -> None:
+    def _handover_key(self, wc: _WorkerChannel) -> str:
+        return f"{wc.key}:h:{self._proc}"
+
+    async def _read_take(self, wc: _WorkerChannel, link: _Link, need: int) -> bool:
+        """Fetch and take waiting at-most-once entries in one script call; True if any came.
+
+        One round trip instead of two (a read, then ``take``). The script
+        also keeps the batch in this consumer's hand-over key until the next
+        call, so that a reply lost with the connection is recovered by
+        :meth:`_recover_pending` (the entries are no longer pending for
+        anyone to claim).
+        """
+        wc.handover_token += 1
+        token = wc.handover_token
+        wc.handover_unknown = token
+        epoch = self._flush_epoch
+        reply = cast(
+            "list[list[Any]]",
+            await link.script(
+                "read_take",
+                [wc.key, self._handover_key(wc)],
+                [self._proc, need, token, self._expiry_ms],
+            ),
+        )
+        wc.handover_unknown = None
+        entries = [(e[0], [b"m", e[1]]) for e in reply]
+        await self._accept(wc, entries, epoch, taken=True)
+        return bool(entries)
+
+    async def _recover_pending(self, wc: _WorkerChannel, link: _Link) -> None:
         """Deliver entries fetched for this process whose reply was lost with a connection."""
         epoch = self._flush_epoch
-        request = client.create_request(
-            CommandName.XREADGROUP,
+        if wc.handover_unknown is not None:
+            # The reply of a read_take call never arrived: its batch, if it ran.
+            saved = cast(
+                "list[bytes]",
+                await link.call(b"LRANGE", self._handover_key(wc), 0, -1),
+            )
+            if saved and int(saved[0]) == wc.handover_unknown:
+                entries = [
+                    (entry_id, [b"m", body])
+                    for entry_id, body in zip(saved[1::2], saved[2::2], strict=True)
+                ]
+                await self._accept(wc, entries, epoch, taken=True)
+            wc.handover_unknown = None
+        reply = await link.call(
+            b"XREADGROUP",
             b"GROUP",
             _GROUP,
             self._proc,
@@ -2471,26 +2567,23 @@ class RedisChannelLayer(BaseChannelLayer):
             b"STREAMS",
             wc.key,
             b"0",
-            callback=_raw,
         )
-        reply = await client.execute_command(request)
         if not reply:
             return
         entries = next(iter(cast("dict[bytes, list[Any]]", reply).values()))
         fresh = [(e[0], e[1]) for e in entries if e[0] not in wc.leased]
         gone = [entry_id for entry_id, fields in fresh if not fields]
         if gone:  # deleted (trimmed) while pending: drop the dangling references
-            await self._script(client, "ack", [wc.key], gone)
+            await link.script("ack", [wc.key], gone)
         await self._accept(wc, [(i, f) for i, f in fresh if f], epoch)
 
-    async def _claim(self, wc: _WorkerChannel, client: _Client, need: int) -> bool:
+    async def _claim(self, wc: _WorkerChannel, link: _Link, need: int) -> bool:
         """Claim entries idle past ``visibility_timeout``; True if any were delivered."""
         max_deliveries = self.max_deliveries if wc.delivery == "at-least-once" else 0
         epoch = self._flush_epoch
         reply = cast(
             "list[Any]",
-            await self._script(
-                client,
+            await link.script(
                 "claim",
                 [wc.key, wc.key + ":dead"],
                 [
@@ -2527,18 +2620,24 @@ class RedisChannelLayer(BaseChannelLayer):
         return bool(entries)
 
     async def _accept(
-        self, wc: _WorkerChannel, entries: Sequence[tuple[bytes, Any]], epoch: int
+        self,
+        wc: _WorkerChannel,
+        entries: Sequence[tuple[bytes, Any]],
+        epoch: int,
+        *,
+        taken: bool = False,
     ) -> None:
         """Decode fetched entries and buffer them (acknowledging first if at-most-once).
 
+        ``taken``: at-most-once entries already acknowledged and deleted (``read_take``).
         Entries read before a ``flush()`` that completed meanwhile are dropped.
         """
         await anyio.lowlevel.checkpoint()
         if not entries or epoch != self._flush_epoch:
             return
-        if wc.delivery == "at-most-once":
-            taken = await self._ack_until_done(wc, [e[0] for e in entries])
-            entries = [e for e in entries if e[0] in taken]
+        if wc.delivery == "at-most-once" and not taken:
+            ours = await self._ack_until_done(wc, [e[0] for e in entries])
+            entries = [e for e in entries if e[0] in ours]
         now_ms = self._server_now_ms()
         now = self._now()
         drop: list[bytes] = []
@@ -2689,12 +2788,9 @@ class RedisChannelLayer(BaseChannelLayer):
         trim_to, self._trim_to = self._trim_to, None
         self._untrimmed = 0
         shard = self._inbox_shard
-        assert shard.write is not None
-        request = shard.write.create_request(
-            CommandName.XTRIM, self._inbox_key, b"MINID", trim_to, callback=_raw
-        )
+        assert shard.link is not None
         try:
-            await shard.write.execute_command(request)
+            await shard.link.call(b"XTRIM", self._inbox_key, b"MINID", trim_to)
         except _REDIS_ERRORS as exc:
             if self._trim_to is None:
                 self._trim_to = trim_to
