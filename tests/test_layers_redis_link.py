@@ -74,6 +74,26 @@ async def test_link_pipelines_concurrent_calls_and_matches_replies(
     assert got == {i: str(i).encode() for i in range(200)}
 
 
+async def test_link_writes_a_command_larger_than_the_socket_buffer(
+    redis: coredis.Redis[bytes], prefix: str
+) -> None:
+    """A partial write goes on through the stream; concurrent calls wait their turn."""
+    link = _Link(redis)
+    big = secrets.token_bytes(1 << 20) * 8
+    got: list[Any] = []
+
+    async def small() -> None:
+        got.append(await link.call(b"ECHO", b"small"))
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(link.call, b"SET", f"{prefix}:big", big)
+            for _ in range(5):
+                nursery.start_soon(small)
+        assert await link.call(b"GET", f"{prefix}:big") == big
+    assert got == [b"small"] * 5
+
+
 async def test_link_call_cancelled_before_writing_sends_nothing(
     redis: coredis.Redis[bytes], prefix: str
 ) -> None:

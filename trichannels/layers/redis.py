@@ -30,6 +30,7 @@ import logging
 import math
 import random
 import re
+import socket
 import sys
 import time
 import typing
@@ -982,16 +983,41 @@ def _deadline_scope(deadline: float) -> contextlib.AbstractContextManager[Any]:
     return anyio.CancelScope(deadline=deadline)
 
 
+def _raw_socket(conn: BaseConnection) -> socket.socket | None:
+    """The plain socket under ``conn``'s stream, under trio; else None.
+
+    Only under trio: there a socket is touched only when its owner reads or
+    writes (asyncio's transports read on their own). None for TLS streams.
+    """
+    stream = conn.stream
+    if _sniffio_thread.name == "trio" and isinstance(stream, anyio.abc.SocketStream):
+        return stream.extra(anyio.abc.SocketAttribute.raw_socket)
+    return None
+
+
 async def _read_replies(conn: BaseConnection) -> None:
-    """A :class:`_Link` connection's reader task: coredis' own minus a deadline scope and
-    statistics per read (the layer sets no idle timeout and reads no push messages)."""
+    """A :class:`_Link` connection's reader task: coredis' own, minus a deadline scope and
+    statistics per read (the layer sets no idle timeout and reads no push messages). On
+    a plain socket it waits for readability and then reads, instead of trying a read
+    that fails first."""
+    sock = _raw_socket(conn)
     while (stream := conn.stream) is not None:
         try:
-            data = await stream.receive()
+            if sock is None:
+                data = await stream.receive()
+            else:
+                await anyio.wait_readable(sock)
+                try:
+                    data = sock.recv(65536)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    raise anyio.EndOfStream
         except (
             anyio.EndOfStream,
             anyio.ClosedResourceError,
             anyio.BrokenResourceError,
+            OSError,
         ) as err:
             conn._transport_failed = True
             msg = "Connection lost while receiving response"
@@ -1019,11 +1045,12 @@ class _Link:
     the client's ``stream_timeout``; the command's own error).
     """
 
-    __slots__ = ("_client", "_conn", "_connect_lock", "_write_lock")
+    __slots__ = ("_client", "_conn", "_connect_lock", "_sock", "_write_lock")
 
     def __init__(self, client: _Client) -> None:
         self._client = client
         self._conn: BaseConnection | None = None
+        self._sock: socket.socket | None = None
         self._connect_lock = anyio.Lock()
         self._write_lock = anyio.Lock()
 
@@ -1042,6 +1069,7 @@ class _Link:
             conn._reader_task = functools.partial(_read_replies, conn)  # type: ignore[method-assign]
             await pool.task_group.start(conn.run)
             self._conn = conn
+            self._sock = _raw_socket(conn)
             return conn
 
     async def call(
@@ -1079,9 +1107,18 @@ class _Link:
                         cast("bytes", command[0]), *command[1:]
                     )
                     conn._requests.append(reply)  # type: ignore[arg-type]
-                    # Nothing has yielded since the checkpoint above, so this write
-                    # is cancelled only while the socket buffer is full.
-                    await stream.send(b"".join(packed))
+                    data = b"".join(packed)
+                    sent = 0
+                    sock = self._sock
+                    if sock is not None:
+                        # A plain socket: write without a scheduler pass when the
+                        # socket buffer has room (it nearly always has).
+                        with contextlib.suppress(BlockingIOError):
+                            sent = sock.send(data)
+                    if sent < len(data):
+                        # Nothing has yielded since the checkpoint above, so this
+                        # write is cancelled only while the socket buffer is full.
+                        await stream.send(data[sent:])
                 finally:
                     lock.release()
             except coredis.exceptions.ConnectionError:
