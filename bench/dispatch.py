@@ -10,6 +10,11 @@ operation for each and the difference:
   ``AsyncWebsocketConsumer``;
 * http: N requests, each a fresh application instance answering a small
   response from ``AsyncHttpConsumer.handle``.
+
+trichannels runs twice: as served (``handler_watchdog()`` open, as
+``ProtocolTypeRouter``'s lifespan opens it: instances run hosted, without a
+task group of their own) and without a lifespan (each instance opens its own
+task group), shown as "no lifespan".
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any
 
 import anyio
 
+from trichannels.consumer import handler_watchdog
 from trichannels.generic.http import AsyncHttpConsumer
 from trichannels.generic.websocket import AsyncWebsocketConsumer
 
@@ -113,9 +119,12 @@ async def main(n: int) -> None:
         ("http", run_http, http_floor, Hello.as_asgi()),
     ]:
         f = await runner(floor, n)
-        t = await runner(app, n)
+        async with handler_watchdog():
+            t = await runner(app, n)
+        bare = await runner(app, n)
         print(
             f"{name:8} floor {f:6.1f} us/op  trichannels {t:6.1f} us/op  (+{t - f:.1f})"
+            f"  no lifespan {bare:6.1f} us/op  (+{bare - f:.1f})"
         )
 
 

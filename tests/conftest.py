@@ -8,13 +8,44 @@ they run once on trio and once on asyncio.
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import AsyncIterator
+
 import pytest
+
+from trichannels.consumer import handler_watchdog
 
 
 @pytest.fixture(params=["trio", "asyncio"])
 def backend(request: pytest.FixtureRequest) -> str:
     """The anyio backend a neutrality test runs on."""
     return str(request.param)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run a module's async tests in both instance modes if it sets ``BOTH_INSTANCE_MODES``.
+
+    An instance started while a handler watchdog runs (as under a server with
+    a lifespan) has no task group of its own: its tasks run in the watchdog's
+    and it waits for them. Without one (plain communicators) it opens its own.
+    """
+    if getattr(metafunc.module, "BOTH_INSTANCE_MODES", False) and (
+        inspect.iscoroutinefunction(metafunc.function)
+    ):
+        metafunc.fixturenames.append("instance_mode")
+        metafunc.parametrize(
+            "instance_mode", ["own task group", "hosted"], indirect=True
+        )
+
+
+@pytest.fixture
+async def instance_mode(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """``hosted``: the test runs inside ``handler_watchdog()``."""
+    if request.param == "hosted":
+        async with handler_watchdog():
+            yield "hosted"
+    else:
+        yield "own task group"
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -18,10 +19,24 @@ from trichannels.consumer import (
     RefusedLayerMessage,
     SyncConsumer,
     get_handler_name,
+    handler_watchdog,
 )
 from trichannels.exceptions import StopConsumer
 from trichannels.testing import ApplicationCommunicator
 from trichannels.types import Message
+
+# Every async test runs with and without a handler watchdog (see conftest).
+BOTH_INSTANCE_MODES = True
+
+
+async def _in_mode(body: Callable[[], Awaitable[None]], hosted: bool) -> None:
+    """Run ``body`` inside a handler watchdog (instances hosted) or without one."""
+    if hosted:
+        async with handler_watchdog():
+            await body()
+    else:
+        await body()
+
 
 SCOPE = {"type": "websocket", "path": "/ws/test/"}
 
@@ -466,7 +481,8 @@ async def test_sync_consumers_do_not_queue_behind_each_other() -> None:
             assert (await b.receive_output(timeout=5))["type"] == "websocket.accept"
 
 
-def test_consumer_neutral(backend: str) -> None:
+@pytest.mark.parametrize("hosted", [False, True], ids=["own task group", "hosted"])
+def test_consumer_neutral(backend: str, hosted: bool) -> None:
     """Dispatch, child-task cancellation and errors behave the same on asyncio and trio."""
 
     async def body() -> None:
@@ -501,7 +517,7 @@ def test_consumer_neutral(backend: str) -> None:
             with pytest.raises(ZeroDivisionError, match=re.escape("nope")):
                 await comm.wait()
 
-    anyio.run(body, backend=backend)
+    anyio.run(_in_mode, body, hosted, backend=backend)
 
 
 async def test_close_websockets_sends_going_away() -> None:
@@ -891,7 +907,8 @@ async def test_stuck_handler_after_idle_still_hides_no_disconnect(
     assert log == [("cancelled", start + 1 + 2.0)]
 
 
-def test_stuck_handler_and_disconnect_neutral(backend: str) -> None:
+@pytest.mark.parametrize("hosted", [False, True], ids=["own task group", "hosted"])
+def test_stuck_handler_and_disconnect_neutral(backend: str, hosted: bool) -> None:
     """On asyncio and trio, a disconnect during a stuck handler is noticed and bounds it."""
 
     async def body() -> None:
@@ -918,7 +935,7 @@ def test_stuck_handler_and_disconnect_neutral(backend: str) -> None:
                 await comm.wait(timeout=3)
         assert log == ["handler cancelled", "disconnect"]
 
-    anyio.run(body, backend=backend)
+    anyio.run(_in_mode, body, hosted, backend=backend)
 
 
 @pytest.mark.parametrize("allowed", [frozenset({"other"}), {"other"}])

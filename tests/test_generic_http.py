@@ -18,6 +18,10 @@ from trichannels.testing import ApplicationCommunicator, HttpCommunicator
 from trichannels.types import Message, Scope
 
 
+# Every async test runs with and without a handler watchdog (see conftest).
+BOTH_INSTANCE_MODES = True
+
+
 def http_scope(**overrides: Any) -> Scope:
     scope: Scope = {
         "type": "http",

@@ -37,6 +37,10 @@ from trichannels.testing import WebsocketCommunicator
 Calls = Sequence[tuple[str, dict[str, Any]]]
 
 
+# Every async test runs with and without a handler watchdog (see conftest).
+BOTH_INSTANCE_MODES = True
+
+
 def _parse_call(text: str) -> tuple[str, dict[str, Any]]:
     name, kwargs = ast.literal_eval(text.removeprefix("call:"))
     return name, kwargs

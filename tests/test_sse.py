@@ -68,6 +68,10 @@ class EventStreamParser:
             self.retry = int(value)
 
 
+# Every async test runs with and without a handler watchdog (see conftest).
+BOTH_INSTANCE_MODES = True
+
+
 def parse(stream: bytes) -> EventStreamParser:
     parser = EventStreamParser()
     parser.feed(stream)

@@ -75,25 +75,92 @@ async def test_stuck_handler_gets_a_spare_from_the_watchdog(
     assert consumer.log == [("cancelled", start + 3.0), ("disconnect", start + 3.0)]
 
 
-async def test_closing_the_watchdog_hands_busy_runs_their_own_spares(
+async def test_closing_the_watchdog_ends_the_instances_it_hosts(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """A handler busy when the watchdog closes still has its disconnect noticed."""
-    consumer = Stuck()
+    """An instance started while the watchdog runs ends with it, busy or idle."""
+    busy, idle = Stuck(), Stuck()
+    async with (
+        ApplicationCommunicator(busy, SCOPE) as busy_comm,
+        ApplicationCommunicator(idle, SCOPE) as idle_comm,
+    ):
+        async with handler_watchdog():
+            for comm in (busy_comm, idle_comm):
+                await comm.send_input({"type": "websocket.connect"})
+                await comm.receive_output()
+            await busy_comm.send_input({"type": "websocket.receive", "text": "stuck"})
+            await trio.testing.wait_all_tasks_blocked()
+            closed_at = trio.current_time()
+        # Both end at once, as at a server's shutdown: the stuck handler is
+        # cancelled, and no disconnect handler runs (there was no disconnect).
+        await busy_comm.wait(timeout=1)
+        await idle_comm.wait(timeout=1)
+        assert trio.current_time() == closed_at
+    assert busy.log == [("cancelled", closed_at)]
+    assert idle.log == []
+
+
+async def test_hosted_tasks_end_with_their_instance() -> None:
+    """With the watchdog, an instance's child tasks run in its host and are awaited by the instance."""
+    events: list[str] = []
+
+    class Parent(Stuck):
+        async def websocket_receive(self, message: Message) -> None:
+            self.start_soon(self.child)
+
+        async def child(self) -> None:
+            events.append("child started")
+            try:
+                await anyio.sleep_forever()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await trio.testing.wait_all_tasks_blocked()
+                events.append("child ended")
+
+    consumer = Parent()
+    async with handler_watchdog():
+        watchdog = _find_watchdog()
+        assert watchdog is not None
+        async with ApplicationCommunicator(consumer, SCOPE) as comm:
+            await comm.send_input({"type": "websocket.connect"})
+            await comm.receive_output()
+            await comm.send_input({"type": "websocket.receive", "text": "go"})
+            await trio.testing.wait_all_tasks_blocked()
+            assert consumer._task_group is None  # no task group of its own
+            assert consumer in watchdog.instances
+            assert consumer._hosted == 1
+            await comm.send_input({"type": "websocket.disconnect", "code": 1000})
+            await comm.wait()
+            # __call__ returned only after the child had finished its cleanup.
+            assert events == ["child started", "child ended"]
+            assert consumer._hosted == 0
+            assert consumer not in watchdog.instances
+
+
+async def test_start_soon_after_the_watchdog_closed_says_why() -> None:
+    """A hosted instance cannot start tasks once its host has ended; the error says so."""
+    errors: list[BaseException] = []
+
+    class Late(Stuck):
+        async def websocket_receive(self, message: Message) -> None:
+            try:
+                await anyio.sleep_forever()
+            finally:
+                try:
+                    self.start_soon(anyio.sleep, 1)
+                except RuntimeError as exc:
+                    errors.append(exc)
+
+    consumer = Late()
     async with ApplicationCommunicator(consumer, SCOPE) as comm:
         async with handler_watchdog():
             await comm.send_input({"type": "websocket.connect"})
             await comm.receive_output()
-            await comm.send_input({"type": "websocket.receive", "text": "stuck"})
+            await comm.send_input({"type": "websocket.receive", "text": "x"})
             await trio.testing.wait_all_tasks_blocked()
-            assert not consumer._spare_running
-        assert consumer._spare_running
-        start = trio.current_time()
-        await comm.send_input({"type": "websocket.disconnect", "code": 1000})
-        await comm.wait(timeout=10)
-    # The spare took over within 0.1 s of closing and read the disconnect then.
-    assert consumer.log[0][0] == "cancelled"
-    assert start + 2.0 <= consumer.log[0][1] <= start + 2.2
+        await comm.wait(timeout=1)
+    assert len(errors) == 1
+    assert "shutting down" in str(errors[0])
 
 
 async def test_watchdog_is_one_per_event_loop() -> None:

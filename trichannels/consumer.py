@@ -178,11 +178,15 @@ class _Watchdog:
     already registered at its previous wake.
     """
 
-    def __init__(self, key: object) -> None:
+    def __init__(self, key: object, tg: TaskGroup) -> None:
         self.key = key
         self.closed = False
+        # The host: instances started while the watchdog runs start their tasks
+        # here instead of in a task group of their own (and wait for them).
+        self.tg = tg
         self._busy: dict[AsyncConsumer, int] = {}
         self._wake: anyio.Event | None = None
+        self.instances: set[AsyncConsumer] = set()  # the instances it hosts
 
     def watch(self, instance: AsyncConsumer) -> None:
         self._busy[instance] = instance._dispatch_seq
@@ -208,11 +212,15 @@ class _Watchdog:
             seen = dict(self._busy)
 
     def close(self) -> None:
-        """Hand every registered run to a spare of its own: nothing is left unwatched."""
+        """Stop hosting: every hosted instance ends, as at a server's shutdown.
+
+        Their tasks in the host are cancelled next (by the caller); nobody waits
+        for them here.
+        """
         self.closed = True
-        busy, self._busy = self._busy, {}
-        for instance in busy:
-            instance._start_spare()
+        self._busy = {}
+        for instance in list(self.instances):
+            instance._host_closed()
 
 
 _watchdogs: list[_Watchdog] = []
@@ -243,9 +251,9 @@ async def handler_watchdog() -> AsyncIterator[None]:
         await anyio.lowlevel.checkpoint()
         yield
         return  # noqa: ASYNC911 - the checkpoint above is the one on entry
-    watchdog = _Watchdog(_loop_key())
     error: Exception | None = None
     async with anyio.create_task_group() as tg:
+        watchdog = _Watchdog(_loop_key(), tg)
         tg.start_soon(watchdog.run)
         _watchdogs.append(watchdog)
         try:
@@ -340,6 +348,18 @@ class AsyncConsumer:
         self._watchdog: _Watchdog | None = None
         self._watched = False  # registered with the watchdog for this handler run
         self._others_started = False  # any task besides the instance's own
+        # Hosted mode (a watchdog runs in this event loop): no task group of the
+        # instance's own; its tasks run in the watchdog's, each in a cancel scope
+        # the instance holds, and the instance waits for them before it returns.
+        self._host: _Watchdog | None = None
+        self._hosted = 0  # hosted tasks started and not yet finished
+        self._hosted_scopes: set[anyio.CancelScope] | None = None
+        self._hosted_cancelled = False
+        self._hosted_done: anyio.Event | None = None
+        self._ending: anyio.CancelScope | None = None  # around _after_disconnect
+        self._backlog_first: Message | None = None  # see _take_layer_backlog
+        self._layer_reading = False
+        self._layer_done: anyio.Event | None = None
 
     # -- construction ----------------------------------------------------------
 
@@ -412,17 +432,16 @@ class AsyncConsumer:
         return name
 
     def _start_layer_reader(self) -> None:
-        tg, layer = self._task_group, self.channel_layer
+        layer = self.channel_layer
         if (
             self._layer_reader_started
-            or tg is None
             or layer is None
-            or self._stopping
+            or not self._can_spawn()
             or self._disconnect_message is not None
         ):
             return
-        self._layer_reader_started = self._others_started = True
-        tg.start_soon(self._read_layer, layer)
+        self._layer_reader_started = True
+        self._spawn(self._read_layer, layer)
 
     def _attach_layer(self) -> BaseChannelLayer | None:
         alias = self.channel_layer_alias
@@ -433,31 +452,33 @@ class AsyncConsumer:
         return channel_layers.lookup(alias)
 
     async def _run(self, receive: Receive, layer: BaseChannelLayer | None) -> None:
+        host = _find_watchdog() if _watchdogs else None
         try:
-            async with anyio.create_task_group() as tg:
-                self._task_group = tg
-                if self.scope.get("type") == "websocket":
-                    _live_websockets.add(self)
-                self._receive = receive
-                if self._spare_on_dispatch and _watchdogs:
-                    self._watchdog = _find_watchdog()
-                if layer is not None and self._eager_layer_reader:
-                    self._start_layer_reader()
+            if host is None:
+                async with anyio.create_task_group() as tg:
+                    self._task_group = tg
+                    await self._run_instance(receive, layer)
+            else:
+                # No task group of its own (entering and leaving one costs a
+                # scheduler pass): tasks, if any, run in the host and are
+                # cancelled and awaited here, as a task group's would be.
+                self._host = host
+                if self._spare_on_dispatch:
+                    self._watchdog = host
+                host.instances.add(self)
                 try:
-                    await self._read_protocol(receive)
-                    await self._after_disconnect()
-                except StopConsumer:
-                    pass
-                except Exception as exc:
-                    self._fail(exc)
-                # Ending: no more going-away closes (the task group may close to
-                # new tasks before __call__ returns).
-                _live_websockets.discard(self)
-                if self._others_started:
-                    tg.cancel_scope.cancel()
+                    await self._run_instance(receive, layer)
+                finally:
+                    try:
+                        if self._hosted:
+                            self._cancel_hosted()
+                            await self._join_hosted()  # noqa: ASYNC102 - shielded inside, as a task group's exit
+                    finally:
+                        host.instances.discard(self)
         finally:
             _live_websockets.discard(self)
             self._task_group = None
+            self._host = None
             self._stopping = True
             try:
                 if self._has_cleanup():
@@ -471,6 +492,123 @@ class AsyncConsumer:
                             self._fail(exc)
             finally:
                 self._drop_undelivered(layer)
+
+    async def _run_instance(  # noqa: ASYNC910 - reading awaits the server first
+        self, receive: Receive, layer: BaseChannelLayer | None
+    ) -> None:
+        if self.scope.get("type") == "websocket":
+            _live_websockets.add(self)
+        self._receive = receive
+        if layer is not None and self._eager_layer_reader:
+            self._start_layer_reader()
+        try:
+            await self._read_protocol(receive)
+            if self._disconnect_message is not None and not self._stopped:
+                with anyio.CancelScope() as self._ending:
+                    await self._after_disconnect()
+        except StopConsumer:
+            pass
+        except Exception as exc:
+            self._fail(exc)
+        # Ending: no more going-away closes (the task group may close to new
+        # tasks before __call__ returns).
+        _live_websockets.discard(self)
+        if self._others_started:
+            self._cancel_tasks()
+
+    # -- the instance's tasks ------------------------------------------------------
+
+    def _can_spawn(self) -> bool:
+        """Whether the instance may start a task now (it runs and is not ending)."""
+        if self._stopping:
+            return False
+        if self._task_group is not None:
+            return True
+        host = self._host
+        return host is not None and not host.closed
+
+    def _spawn(
+        self, fn: Callable[..., Awaitable[Any]], *args: Any, name: object = None
+    ) -> None:
+        """Start ``fn(*args)`` as one of the instance's tasks (check _can_spawn first)."""
+        self._others_started = True
+        tg = self._task_group
+        if tg is not None:
+            tg.start_soon(fn, *args, name=name)  # type: ignore[arg-type]
+            return
+        host = self._host
+        assert host is not None
+        self._hosted += 1
+        try:
+            host.tg.start_soon(
+                self._hosted_task,
+                fn,
+                args,
+                name=name if name is not None else getattr(fn, "__qualname__", fn),
+            )
+        except BaseException:
+            self._hosted -= 1
+            raise
+
+    async def _hosted_task(  # noqa: ASYNC910 - a task body, not an API
+        self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]
+    ) -> None:
+        try:
+            with anyio.CancelScope() as scope:
+                scopes = self._hosted_scopes
+                if scopes is None:
+                    scopes = self._hosted_scopes = set()
+                scopes.add(scope)
+                if self._hosted_cancelled:
+                    scope.cancel()
+                try:
+                    await fn(*args)
+                finally:
+                    scopes.discard(scope)
+        finally:
+            self._hosted -= 1
+            if self._hosted == 0:
+                self._wake_joiner()
+
+    def _cancel_tasks(self) -> None:
+        """Cancel every task of the instance, its own included (as a task group's cancel)."""
+        tg = self._task_group
+        if tg is not None:
+            tg.cancel_scope.cancel()
+            return
+        for agent in self._agents:
+            agent.cancel()
+        if self._ending is not None:
+            self._ending.cancel()
+        self._cancel_hosted()
+
+    def _cancel_hosted(self) -> None:
+        self._hosted_cancelled = True
+        for scope in self._hosted_scopes or ():
+            scope.cancel()
+
+    async def _join_hosted(self) -> None:  # noqa: ASYNC910 - only waits if tasks remain
+        """Wait, shielded, until the hosted tasks (all cancelled) have finished."""
+        host = self._host
+        assert host is not None
+        with anyio.CancelScope(shield=True):
+            while self._hosted and not host.closed:
+                self._hosted_done = anyio.Event()
+                try:
+                    await self._hosted_done.wait()
+                finally:
+                    self._hosted_done = None
+
+    def _wake_joiner(self) -> None:
+        if self._hosted_done is not None:
+            self._hosted_done.set()
+
+    def _host_closed(self) -> None:
+        """The host is shutting down (called from its task): end this instance."""
+        self._stopped = True
+        self._release_watcher()
+        self._cancel_tasks()
+        self._wake_joiner()
 
     # How events reach handlers. One task reads the server's events and, when no
     # handler is running, handles the event itself (no task switch per event);
@@ -563,16 +701,15 @@ class AsyncConsumer:
         With ``takeover_seq`` (from the watchdog) it reads at once if that
         handler run is still going.
         """
-        tg = self._task_group
         if (
             self._spare_running
-            or tg is None
             or self._stopped
             or self._disconnect_message is not None
+            or not self._can_spawn()
         ):
             return
-        self._spare_running = self._others_started = True
-        tg.start_soon(self._read_protocol, self._receive, True, takeover_seq)
+        self._spare_running = True
+        self._spawn(self._read_protocol, self._receive, True, takeover_seq)
 
     def _arm(self, wait: anyio.CancelScope) -> None:
         self._watch_armed = True
@@ -580,15 +717,21 @@ class AsyncConsumer:
         wait.deadline = anyio.current_time() + _TAKEOVER_AFTER
 
     async def _read_layer(self, layer: BaseChannelLayer) -> None:  # noqa: ASYNC910 - a task body
-        with anyio.CancelScope() as agent:
-            self._agents.append(agent)
-            try:
-                while self._disconnect_message is None:
-                    message = await layer.receive(self._channel_name)
-                    await self._handle(agent, True, message)
-            except Exception as exc:
-                self._fail(exc)
-        self._agent_done(agent)
+        self._layer_reading = True
+        try:
+            with anyio.CancelScope() as agent:
+                self._agents.append(agent)
+                try:
+                    while self._disconnect_message is None:
+                        message = await layer.receive(self._channel_name)
+                        await self._handle(agent, True, message)
+                except Exception as exc:
+                    self._fail(exc)
+            self._agent_done(agent)
+        finally:
+            self._layer_reading = False
+            if self._layer_done is not None:
+                self._layer_done.set()
 
     async def _handle(
         self, agent: anyio.CancelScope, from_layer: bool, message: Message
@@ -607,7 +750,7 @@ class AsyncConsumer:
                 return
             if self._pending is None:
                 self._pending = deque()
-            self._pending.append((from_layer, message))
+            self._queue_at_disconnect(from_layer, message)
             return  # noqa: ASYNC910 - the reader's await on its source was the checkpoint
         if self._dispatch_scope is not None:
             pending = self._pending
@@ -693,6 +836,11 @@ class AsyncConsumer:
         if disconnect is None or self._stopped:
             # Stopped: the task group is cancelled, a checkpoint would raise for nothing.
             return  # noqa: ASYNC910 - the reading loop awaited the server
+        while self._layer_reading:
+            # Cancelled at the disconnect; a message it had just taken is queued
+            # (before the backlog) as it ends.
+            self._layer_done = anyio.Event()
+            await self._layer_done.wait()
         while True:
             while self._dispatch_scope is not None:
                 # Another agent is handling events queued before the disconnect;
@@ -761,7 +909,25 @@ class AsyncConsumer:
             message = layer._receive_nowait(self._channel_name)
             if message is None:
                 break
+            if self._backlog_first is None:
+                self._backlog_first = message
             pending.append((True, message))
+
+    def _queue_at_disconnect(self, from_layer: bool, message: Message) -> None:
+        """Queue an event a reader took as the disconnect was noticed.
+
+        A layer message in the layer reader's hand then was taken from the
+        channel before the backlog was: it goes before the backlog's first.
+        """
+        pending = self._pending
+        assert pending is not None
+        first = self._backlog_first
+        if from_layer and first is not None:
+            for index, (_, queued) in enumerate(pending):
+                if queued is first:
+                    pending.insert(index, (from_layer, message))
+                    return
+        pending.append((from_layer, message))
 
     def _end_grace(self) -> None:
         """Stop dispatching now: cancel the busy handler, drop the queued events.
@@ -821,14 +987,13 @@ class AsyncConsumer:
         self._release_watcher()
         # With no other task ever started, the caller is the instance's own task,
         # which ends by itself: cancelling would only cost a Cancelled later.
-        if self._task_group is not None and self._others_started:
-            self._task_group.cancel_scope.cancel()
+        if self._others_started:
+            self._cancel_tasks()
 
     def _going_away(self, code: int, reason: str) -> None:
         """Start closing this WebSocket because the server is shutting down."""
-        if self._task_group is not None and not self._stopping:
-            self._others_started = True
-            self._task_group.start_soon(self._send_going_away, code, reason)
+        if self._can_spawn():
+            self._spawn(self._send_going_away, code, reason)
 
     async def _send_going_away(self, code: int, reason: str) -> None:  # noqa: ASYNC910 - a task body, not an API
         try:
@@ -933,13 +1098,17 @@ class AsyncConsumer:
             RuntimeError: the instance is not running (called before
                 ``__call__`` or after it ended).
         """
-        tg = self._task_group
-        if tg is None or self._stopping:
+        if not self._can_spawn():
+            if self._host is not None and not self._stopping:
+                raise RuntimeError(
+                    f"{type(self).__qualname__}.start_soon() called while the server "
+                    "is shutting down (the handler watchdog that hosts the instance's "
+                    "tasks has ended)"
+                )
             raise RuntimeError(
                 f"{type(self).__qualname__}.start_soon() called while the instance is not running"
             )
-        self._others_started = True
-        tg.start_soon(self._guard_child, fn, args, name=name)
+        self._spawn(self._guard_child, fn, args, name=name)
 
     async def _guard_child(  # noqa: ASYNC910 - a task body, not an API
         self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]

@@ -223,7 +223,7 @@ class _WebsocketCore(AsyncConsumer):
         self._expect_disconnect()
 
     def _expect_disconnect(self) -> None:
-        if not self._stopping and self._task_group is not None:
+        if self._can_spawn():
             self.start_soon(
                 self._synthesize_disconnect, name="websocket close watchdog"
             )
