@@ -17,7 +17,6 @@ from trichannels.layers import InMemoryChannelLayer, channel_layers
 from trichannels.testing import ApplicationCommunicator, HttpCommunicator
 from trichannels.types import Message, Scope
 
-
 # Every async test runs with and without a handler watchdog (see conftest).
 BOTH_INSTANCE_MODES = True
 
@@ -1093,3 +1092,52 @@ async def test_send_response_keeps_an_explicit_content_length() -> None:
     async with HttpCommunicator(Sized.as_asgi(), "GET", "/") as comm:
         response = await comm.get_response()
     assert response["headers"] == [(b"content-length", b"3")]
+
+
+async def test_send_response_goes_through_an_overridden_send() -> None:
+    """A subclass's send() sees both messages of send_response, checked and in order."""
+    seen: list[str] = []
+
+    class Logged(AsyncHttpConsumer):
+        channel_layer_alias = None
+
+        async def send(self, message: Message) -> None:
+            seen.append(message["type"])
+            await super().send(message)
+
+        async def handle(self, body: bytes) -> None:
+            await self.send_response(201, b"made")
+
+    async with HttpCommunicator(Logged.as_asgi(), "POST", "/") as comm:
+        response = await comm.get_response()
+    assert seen == ["http.response.start", "http.response.body"]
+    assert response["status"] == 201
+    assert response["body"] == b"made"
+
+
+async def test_request_body_in_chunks_and_in_one_message() -> None:
+    """handle() gets the whole body whether it came in one message or in several."""
+    bodies: list[bytes] = []
+
+    class Echo(AsyncHttpConsumer):
+        channel_layer_alias = None
+
+        async def handle(self, body: bytes) -> None:
+            bodies.append(body)
+            await self.send_response(200, body)
+
+    app = Echo.as_asgi()
+    async with ApplicationCommunicator(app, http_scope(method="POST")) as comm:
+        for chunk, more in [(b"ab", True), (b"", True), (b"cd", True), (b"", False)]:
+            await comm.send_input(
+                {"type": "http.request", "body": chunk, "more_body": more}
+            )
+        await comm.receive_output()
+        assert (await comm.receive_output())["body"] == b"abcd"
+        await comm.wait()
+    async with ApplicationCommunicator(app, http_scope(method="POST")) as comm:
+        await comm.send_input({"type": "http.request", "body": b"whole"})
+        await comm.receive_output()
+        assert (await comm.receive_output())["body"] == b"whole"
+        await comm.wait()
+    assert bodies == [b"abcd", b"whole"]

@@ -310,56 +310,57 @@ class AsyncConsumer:
     _spare_on_dispatch: ClassVar[bool] = True
 
     scope: Scope
-    channel_layer: BaseChannelLayer | None
     _channel_name: str
     base_send: Send
 
+    # Per-instance state. The defaults live on the class: an instance stores
+    # only what it changes (less to write per connection, a smaller __dict__).
+    channel_layer: BaseChannelLayer | None = None
+    _task_group: TaskGroup | None = None
+    _error: Exception | None = None
+    _stopping = False
+    _disconnect_message: Message | None = None
+    _stopped = False
+    _grace_deadline = math.inf
+    _layer_reader_started = False
+    # Dispatch state (see _read_protocol).
+    _reader: anyio.CancelScope | None = None
+    _dispatch_scope: anyio.CancelScope | None = None
+    _dispatch_seq = 0
+    _pending: deque[tuple[bool, Message]] | None = None  # made when needed
+    _space: anyio.Event | None = None
+    _idle: anyio.Event | None = None
+    _watcher: anyio.CancelScope | None = None
+    _wake: anyio.Event | None = None
+    _watching: anyio.CancelScope | None = None  # the watcher's agent
+    _noticing: anyio.CancelScope | None = None  # the agent that read the disconnect
+    _watch_armed = False
+    _armed_seq = -1
+    _cut_short = False
+    _spare_running = False
+    _disconnect_started = False
+    _watchdog: _Watchdog | None = None
+    _watched = False  # registered with the watchdog for this handler run
+    _others_started = False  # any task besides the instance's own
+    # Hosted mode (a watchdog runs in this event loop): no task group of the
+    # instance's own; its tasks run in the watchdog's, each in a cancel scope
+    # the instance holds, and the instance waits for them before it returns.
+    _host: _Watchdog | None = None
+    _hosted = 0  # hosted tasks started and not yet finished
+    _hosted_scopes: set[anyio.CancelScope] | None = None
+    _hosted_cancelled = False
+    _hosted_done: anyio.Event | None = None
+    _ending: anyio.CancelScope | None = None  # around _after_disconnect
+    _backlog_first: Message | None = None  # see _take_layer_backlog
+    _layer_reading = False
+    _layer_done: anyio.Event | None = None
+
     def __init__(self, **kwargs: Any) -> None:
-        _check_initkwargs(type(self), kwargs)
-        for key, value in kwargs.items():
-            setattr(self, key, value)
-        self.channel_layer = None
-        self._task_group: TaskGroup | None = None
-        self._error: Exception | None = None
-        self._stopping = False
-        self._disconnect_message: Message | None = None
-        self._stopped = False
-        self._grace_deadline = math.inf
-        self._layer_reader_started = False
-        # Dispatch state (see _read_protocol).
+        if kwargs:
+            _check_initkwargs(type(self), kwargs)
+            for key, value in kwargs.items():
+                setattr(self, key, value)
         self._agents: list[anyio.CancelScope] = []
-        self._reader: anyio.CancelScope | None = None
-        self._dispatch_scope: anyio.CancelScope | None = None
-        self._dispatch_seq = 0
-        self._pending: deque[tuple[bool, Message]] | None = None  # made when needed
-        self._space: anyio.Event | None = None
-        self._idle: anyio.Event | None = None
-        self._watcher: anyio.CancelScope | None = None
-        self._wake: anyio.Event | None = None
-        self._watching: anyio.CancelScope | None = None  # the watcher's agent
-        self._noticing: anyio.CancelScope | None = (
-            None  # the agent that read the disconnect
-        )
-        self._watch_armed = False
-        self._armed_seq = -1
-        self._cut_short = False
-        self._spare_running = False
-        self._disconnect_started = False
-        self._watchdog: _Watchdog | None = None
-        self._watched = False  # registered with the watchdog for this handler run
-        self._others_started = False  # any task besides the instance's own
-        # Hosted mode (a watchdog runs in this event loop): no task group of the
-        # instance's own; its tasks run in the watchdog's, each in a cancel scope
-        # the instance holds, and the instance waits for them before it returns.
-        self._host: _Watchdog | None = None
-        self._hosted = 0  # hosted tasks started and not yet finished
-        self._hosted_scopes: set[anyio.CancelScope] | None = None
-        self._hosted_cancelled = False
-        self._hosted_done: anyio.Event | None = None
-        self._ending: anyio.CancelScope | None = None  # around _after_disconnect
-        self._backlog_first: Message | None = None  # see _take_layer_backlog
-        self._layer_reading = False
-        self._layer_done: anyio.Event | None = None
 
     # -- construction ----------------------------------------------------------
 

@@ -102,18 +102,17 @@ class AsyncHttpConsumer(AsyncConsumer):
     max_body_size: ClassVar[int | None] = _DEFAULT_MAX_BODY_SIZE
     max_pending_events: ClassVar[int] = 2
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._body: list[bytes] = []
-        self._body_size = 0
-        self._request_seen = False
-        self._response_started = False
-        self._trailers_pending = False
-        self._response_complete = False
-        self._disconnected = False
-        self._handled = False  # handle() has returned
-        self._children = 0  # child tasks still running
-        self._whole_response = False  # send_response() is sending start and body
+    # Per-request state; the defaults live on the class (see AsyncConsumer).
+    _body: list[bytes] | None = None  # the chunks so far, made when needed
+    _body_size = 0
+    _request_seen = False
+    _response_started = False
+    _trailers_pending = False
+    _response_complete = False
+    _disconnected = False
+    _handled = False  # handle() has returned
+    _children = 0  # child tasks still running
+    _whole_response = False  # send_response() is sending start and body
 
     @classmethod
     def as_asgi(cls, **initkwargs: Any) -> ASGIApp:
@@ -255,16 +254,23 @@ class AsyncHttpConsumer(AsyncConsumer):
             raise TypeError(msg)
         self._body_size += len(chunk)
         if limit is not None and self._body_size > limit:
-            self._body.clear()
+            self._body = None
             await self._reject_too_large(None)
             return
-        if chunk:
-            self._body.append(chunk)
+        chunks = self._body
         if message.get("more_body", False):
+            if chunk:
+                if chunks is None:
+                    chunks = self._body = []
+                chunks.append(chunk)
             await anyio.lowlevel.checkpoint()
             return
-        body = b"".join(self._body)
-        self._body.clear()
+        if chunks is not None:
+            chunks.append(chunk)
+            body = b"".join(chunks)
+            self._body = None
+        else:
+            body = chunk  # the whole body came in one message
         await self.handle(body)
         self._handled = True
         self._check_not_orphaned()
@@ -321,6 +327,15 @@ class AsyncHttpConsumer(AsyncConsumer):
                 start, a second start, or anything after the response completed.
         """
         validate_outgoing("http", message)
+        self._follow(message, whole=self._whole_response)
+        await self._deliver(message)
+
+    def _follow(self, message: Message, *, whole: bool) -> None:
+        """Advance the response's state with a checked ``message``, or raise if out of order.
+
+        ``whole``: the message is the start of a response whose body is sent
+        right after it (no need to watch for a disconnect in between).
+        """
         kind = message["type"]
         if self._response_complete:
             raise UnexpectedMessage(kind, "the response is already complete")
@@ -329,7 +344,7 @@ class AsyncHttpConsumer(AsyncConsumer):
                 raise UnexpectedMessage(kind, "the response has already started")
             self._response_started = True
             self._trailers_pending = message.get("trailers", False)
-            if not self._whole_response:
+            if not whole:
                 # The body follows later: watch for the client leaving meanwhile.
                 self._start_spare()
         elif kind == "http.response.body":
@@ -348,11 +363,14 @@ class AsyncHttpConsumer(AsyncConsumer):
                 )
             if not message.get("more_trailers", False):
                 self._response_complete = True
+
+    async def _deliver(self, message: Message) -> None:
+        """Hand a checked, in-order message to the server (dropped once the client is gone)."""
         if self._disconnected:
-            logger.debug("dropping %r: the client has disconnected", kind)
+            logger.debug("dropping %r: the client has disconnected", message["type"])
             await anyio.lowlevel.checkpoint()
             return
-        await super().send(message)
+        await self.base_send(message)
 
     async def send_headers(self, status: int = 200, headers: HeadersArg = None) -> None:
         """Start the response: send the status and headers (a checkpoint).
@@ -407,14 +425,21 @@ class AsyncHttpConsumer(AsyncConsumer):
         if not any(name == b"content-length" for name, _ in encoded):
             # The whole body is known: saves the server a chunked encoding.
             encoded.append((b"content-length", str(len(body)).encode("ascii")))
-        self._whole_response = True
-        try:
-            await self.send(
-                {"type": "http.response.start", "status": status, "headers": encoded}
-            )
-        finally:
-            self._whole_response = False
-        await self.send(body_message)
+        start = {"type": "http.response.start", "status": status, "headers": encoded}
+        if type(self).send is not AsyncHttpConsumer.send:
+            # A subclass's send() sees both messages.
+            self._whole_response = True
+            try:
+                await self.send(start)
+            finally:
+                self._whole_response = False
+            await self.send(body_message)
+            return
+        validate_outgoing("http", start)
+        self._follow(start, whole=True)
+        await self._deliver(start)
+        self._follow(body_message, whole=False)
+        await self._deliver(body_message)
 
     # -- server-sent events ---------------------------------------------------------------
 
