@@ -936,7 +936,7 @@ class _PendingSend:
     capacity: int
     target: str
     body: bytes
-    done: anyio.Event = attrs.field(factory=anyio.Event)
+    done: _Event = attrs.field(factory=lambda: _lowlevel().Event())
     taken: bool = False
     status: int | None = None
     error: BaseException | None = None
@@ -1195,7 +1195,7 @@ class _WorkerChannel:
     delivery: Delivery
     queue: _Queue
     last_active: float
-    demand: anyio.Event = attrs.field(factory=anyio.Event)
+    demand: _Event = attrs.field(factory=lambda: _lowlevel().Event())
     waiting: int = 0
     reader_running: bool = False
     leased: set[bytes] = attrs.field(factory=set)
@@ -2505,11 +2505,12 @@ class RedisChannelLayer(BaseChannelLayer):
             if need <= 0:
                 grace = min(_HANDOFF_GRACE, self.visibility_timeout)
                 stranded = wc.waiting == 0 and bool(wc.queue.items)
-                with anyio.move_on_after(
-                    grace if stranded else self.visibility_timeout
+                ll = _lowlevel()
+                with _deadline_scope(
+                    ll.current_time() + (grace if stranded else self.visibility_timeout)
                 ):
                     await wc.demand.wait()
-                wc.demand = anyio.Event()
+                wc.demand = ll.Event()
                 idle = self._now() - wc.last_active
                 if wc.waiting == 0 and wc.queue.items and idle >= grace:
                     # Fetched for receivers that left: let other processes have them.
@@ -2666,10 +2667,12 @@ class RedisChannelLayer(BaseChannelLayer):
     ) -> None:
         """Decode fetched entries and buffer them (acknowledging first if at-most-once).
 
-        ``taken``: at-most-once entries already acknowledged and deleted (``read_take``).
-        Entries read before a ``flush()`` that completed meanwhile are dropped.
+        ``taken``: at-most-once entries already acknowledged and deleted
+        (``read_take``, whose call was the checkpoint). Entries read before a
+        ``flush()`` that completed meanwhile are dropped.
         """
-        await anyio.lowlevel.checkpoint()
+        if not taken:
+            await anyio.lowlevel.checkpoint()
         if not entries or epoch != self._flush_epoch:
             return
         if wc.delivery == "at-most-once" and not taken:
