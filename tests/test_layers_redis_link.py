@@ -8,15 +8,19 @@ bounded with ``trio.fail_after``.
 from __future__ import annotations
 
 import secrets
+import signal
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import coredis
 import pytest
 import trio
+import trio.testing
 from coredis.retry import NoRetryPolicy
 
-from trichannels.exceptions import ChannelFull
+from tests.test_layers_redis import _free_port, _redis_server
+from trichannels.exceptions import ChannelFull, LayerConnectionError
 from trichannels.layers.redis import RedisChannelLayer, _Link
 
 pytestmark = pytest.mark.redis
@@ -152,6 +156,36 @@ async def test_link_replaces_a_killed_connection(
         assert await link.call(b"CLIENT", b"ID") != conn_id
 
 
+async def test_link_expire_fails_overdue_replies_and_reconnects(
+    redis: coredis.Redis[bytes], prefix: str
+) -> None:
+    """expire(): a reply past its deadline fails with TimeoutError; the next call reconnects."""
+    link = _Link(redis)  # the redis fixture's stream_timeout: 5 s
+    await link.call(b"PING")
+    first = link._conn
+    link.expire(time.monotonic())  # nothing pending: nothing happens
+    assert link._conn is first
+    outcome: list[BaseException] = []
+
+    async def stuck() -> None:
+        try:
+            await link.call(b"BLPOP", f"{prefix}:empty", 30)
+        except TimeoutError as exc:
+            outcome.append(exc)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stuck)
+            await trio.testing.wait_all_tasks_blocked()
+            link.expire(time.monotonic() + 1)  # not overdue yet
+            assert not outcome
+            link.expire(time.monotonic() + 6)  # overdue
+        assert len(outcome) == 1
+        assert "no reply from Redis within 5" in str(outcome[0])
+        assert await link.call(b"PING") == b"PONG"
+    assert link._conn is not first
+
+
 # --------------------------------------------------------------------------- the layer on the link
 
 
@@ -258,3 +292,29 @@ async def test_read_take_never_redelivers_a_batch_that_was_received(
         with trio.move_on_after(0.3):  # and nothing more
             extra = await layer.receive("jobs")
             pytest.fail(f"delivered again: {extra}")
+
+
+@pytest.mark.slow
+async def test_a_hung_server_times_out_and_the_layer_recovers(prefix: str) -> None:
+    """A server that stops answering: the send fails after socket_timeout, then the layer reconnects."""
+    port = _free_port()
+    with _redis_server(port) as server:
+        layer = RedisChannelLayer(
+            hosts=[f"redis://127.0.0.1:{port}/0"], prefix=prefix, socket_timeout=0.5
+        )
+        async with layer:
+            await layer.send("work", {"type": "before"})
+            server.send_signal(signal.SIGSTOP)
+            try:
+                with (
+                    trio.fail_after(10),
+                    pytest.raises(
+                        LayerConnectionError, match=r"no reply from Redis within 0\.5"
+                    ),
+                ):
+                    await layer.send("work", {"type": "hung"})
+            finally:
+                server.send_signal(signal.SIGCONT)
+            with trio.fail_after(10):
+                await layer.send("work", {"type": "after"})
+                assert await layer.receive("work") == {"type": "before"}

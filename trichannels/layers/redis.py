@@ -947,14 +947,16 @@ class _Reply:
     its per-call telemetry, statistics and weak proxy): the connection's reader task
     resolves it in FIFO order through ``consume`` / ``fail``."""
 
-    __slots__ = ("complete", "error", "event", "result")
+    __slots__ = ("complete", "deadline", "error", "event", "result")
 
     current_decode = False
     current_encoding = "utf-8"
 
-    def __init__(self, event: _Event) -> None:
+    def __init__(self, event: _Event, deadline: float) -> None:
         self.complete = False
         self.event = event
+        self.deadline = deadline
+        """When it times out, on the :func:`time.monotonic` clock (see ``_Link.expire``)."""
         self.result: ResponseType = None
         self.error: BaseException | None = None
 
@@ -1041,8 +1043,13 @@ class _Link:
     ``HELLO``/``AUTH``, ``SELECT``, client name, Sentinel discovery) and parses.
     The connection runs in the client's pool task group, so it ends with the
     client; a dead one is replaced on the next call. Never retries: a failure
-    raises what coredis raises (``ConnectionError``; ``TimeoutError`` after
-    the client's ``stream_timeout``; the command's own error).
+    raises what coredis raises (``ConnectionError``; the command's own error).
+
+    Reply deadlines (the client's ``stream_timeout``) are not a cancel scope
+    per call (trio's costs ~15 us, a sixth of a round trip's CPU): each reply
+    records its deadline, and the owner calls :meth:`expire` periodically,
+    which fails overdue replies with ``TimeoutError`` and drops the
+    connection. So a reply times out up to one sweep interval late.
     """
 
     __slots__ = ("_client", "_conn", "_connect_lock", "_sock", "_write_lock")
@@ -1092,58 +1099,81 @@ class _Link:
         else:
             await ll.checkpoint_if_cancelled()
             lock.acquire_nowait()
-        reply = _Reply(ll.Event())
         timeout = conn._stream_timeout
-        with _deadline_scope(
-            math.inf if timeout is None else ll.current_time() + timeout
-        ):
+        reply = _Reply(
+            ll.Event(), math.inf if timeout is None else time.monotonic() + timeout
+        )
+        try:
             try:
-                try:
-                    stream = conn.stream
-                    if stream is None or not conn.usable:
-                        msg = "Connection not usable"
-                        raise coredis.exceptions.ConnectionError(msg)
-                    packed = conn._packer.pack_command(
-                        cast("bytes", command[0]), *command[1:]
-                    )
-                    conn._requests.append(reply)  # type: ignore[arg-type]
-                    data = b"".join(packed)
-                    sent = 0
-                    sock = self._sock
-                    if sock is not None:
-                        # A plain socket: write without a scheduler pass when the
-                        # socket buffer has room (it nearly always has).
-                        with contextlib.suppress(BlockingIOError):
-                            sent = sock.send(data)
-                    if sent < len(data):
-                        # Nothing has yielded since the checkpoint above, so this
-                        # write is cancelled only while the socket buffer is full.
+                stream = conn.stream
+                if stream is None or not conn.usable:
+                    msg = "Connection not usable"
+                    raise coredis.exceptions.ConnectionError(msg)
+                packed = conn._packer.pack_command(
+                    cast("bytes", command[0]), *command[1:]
+                )
+                conn._requests.append(reply)  # type: ignore[arg-type]
+                data = b"".join(packed)
+                sent = 0
+                sock = self._sock
+                if sock is not None:
+                    # A plain socket: write without a scheduler pass when the
+                    # socket buffer has room (it nearly always has).
+                    with contextlib.suppress(BlockingIOError):
+                        sent = sock.send(data)
+                if sent < len(data):
+                    # Nothing has yielded since the checkpoint above, so this
+                    # write is cancelled only while the socket buffer is full.
+                    with _deadline_scope(
+                        math.inf if timeout is None else ll.current_time() + timeout
+                    ) as scope:
                         await stream.send(data[sent:])
-                finally:
-                    lock.release()
-            except coredis.exceptions.ConnectionError:
-                raise
-            except Exception as exc:
-                conn.invalidate()
-                msg = f"Connection lost while sending a request: {exc!r}"
-                raise coredis.exceptions.ConnectionError(msg) from exc
-            except BaseException:
-                # Cancelled part-way through a write: the connection is unusable.
-                conn.invalidate()
-                raise
-            try:
-                await reply.event.wait()
-            except BaseException:
-                if blocking and not reply.complete:
-                    conn.invalidate()
-                raise
-        if not reply.complete:
+                    if scope.cancelled_caught:
+                        conn.invalidate()
+                        msg = f"sending a request took over {timeout} s"
+                        raise TimeoutError(msg)
+            finally:
+                lock.release()
+        except (coredis.exceptions.ConnectionError, TimeoutError):
+            raise
+        except Exception as exc:
             conn.invalidate()
-            msg = f"no reply from Redis within {timeout} s"
-            raise TimeoutError(msg)
+            msg = f"Connection lost while sending a request: {exc!r}"
+            raise coredis.exceptions.ConnectionError(msg) from exc
+        except BaseException:
+            # Cancelled part-way through a write: the connection is unusable.
+            conn.invalidate()
+            raise
+        try:
+            await reply.event.wait()
+        except BaseException:
+            if blocking and not reply.complete:
+                conn.invalidate()
+            raise
         if reply.error is not None:
             raise reply.error
         return reply.result
+
+    def expire(self, now: float) -> None:
+        """Fail replies overdue at ``now`` (:func:`time.monotonic`) and drop the connection.
+
+        The replies come in order, so the oldest pending one decides. Once
+        one is overdue the connection is no longer trusted: every pending
+        reply fails and the next call reconnects.
+        """
+        conn = self._conn
+        if conn is None:
+            return
+        pending = conn._requests
+        if not pending:
+            return
+        oldest = pending[0]
+        if isinstance(oldest, _Reply) and oldest.deadline < now:
+            error = TimeoutError(f"no reply from Redis within {conn._stream_timeout} s")
+            for reply in list(pending):
+                reply.fail(error)
+            self._conn = None
+            conn.invalidate()
 
     async def script(
         self,
@@ -1446,6 +1476,8 @@ class RedisChannelLayer(BaseChannelLayer):
         self._last_error: dict[str, tuple[_Shard, BaseException | None]] = {}
         self._broken: LayerConnectionError | None = None
         self._counts = _Counts()
+        self._links: set[_Link] = set()
+        """Every connection used directly, for the reply watchdog (``_expire_replies``)."""
         self._last_overflow_log: dict[str, float] = {}
 
     # ----------------------------------------------------------- small helpers
@@ -1637,6 +1669,7 @@ class RedisChannelLayer(BaseChannelLayer):
                 try:
                     async with anyio.create_task_group() as tg:
                         self._tg = tg
+                        tg.start_soon(self._expire_replies)
                         try:
                             await tg.start(self._inbox_reader)
                         except* LayerConnectionError as group:
@@ -1672,18 +1705,40 @@ class RedisChannelLayer(BaseChannelLayer):
                 shard.write = self._make_client(shard, "cmd", blocking=False)
                 await stack.enter_async_context(shard.write)
                 shard.link = _Link(shard.write)
+                self._links.add(shard.link)
                 for script in _SCRIPTS.values():
                     await shard.write.script_load(script.text)
             except _REDIS_ERRORS as exc:
                 raise self._connection_error(shard, "connecting", exc) from exc
-        await self._run(
-            self._inbox_shard,
-            "creating the inbox",
-            "keepalive",
-            [self._inbox_key, self._full_key],
-            [self._inbox_ttl_ms],
-        )
-        await self._sync_clock()
+        # Before the task group (and its reply watchdog) runs: bounded here.
+        with anyio.move_on_after(2 * self.socket_timeout) as scope:
+            await self._run(
+                self._inbox_shard,
+                "creating the inbox",
+                "keepalive",
+                [self._inbox_key, self._full_key],
+                [self._inbox_ttl_ms],
+            )
+            await self._sync_clock()
+        if scope.cancelled_caught:
+            raise self._connection_error(
+                self._inbox_shard,
+                "creating the inbox",
+                TimeoutError(f"no reply within {2 * self.socket_timeout:g} s"),
+            )
+
+    async def _expire_replies(self) -> None:
+        """Time out Redis replies that are overdue (see ``_Link.expire``).
+
+        Sweeps every connection the layer uses directly, every quarter of
+        ``socket_timeout`` (at most every second).
+        """
+        interval = min(1.0, self.socket_timeout / 4)
+        while True:
+            await anyio.sleep(interval)
+            now = time.monotonic()
+            for link in list(self._links):
+                link.expire(now)
 
     async def _aclose(self) -> None:
         self._wake_receivers()
@@ -2326,6 +2381,7 @@ class RedisChannelLayer(BaseChannelLayer):
             try:
                 async with self._make_client(shard, "inbox", blocking=True) as client:
                     link = _Link(client)
+                    self._links.add(link)
                     try:
                         await link.call(
                             b"PING"
@@ -2359,6 +2415,8 @@ class RedisChannelLayer(BaseChannelLayer):
                                     self._wake()
                     except _REDIS_ERRORS as exc:
                         error = exc
+                    finally:
+                        self._links.discard(link)
             except* _REDIS_ERRORS as group:
                 error = group.exceptions[0]
             await anyio.lowlevel.checkpoint_if_cancelled()
@@ -2459,6 +2517,7 @@ class RedisChannelLayer(BaseChannelLayer):
                         wc.shard, "worker", blocking=True
                     ) as client:
                         link = _Link(client)
+                        self._links.add(link)
                         try:
                             while True:
                                 try:
@@ -2480,6 +2539,8 @@ class RedisChannelLayer(BaseChannelLayer):
                                     await anyio.lowlevel.checkpoint()
                         except _REDIS_ERRORS as exc:
                             error = exc
+                        finally:
+                            self._links.discard(link)
                 except* _REDIS_ERRORS as group:
                     error = group.exceptions[0]
                 # coredis turns a cancelled connection attempt into ConnectionError:
