@@ -399,8 +399,49 @@ class AsyncConsumer:
             if self._eager_layer_reader or not layer._names_channels_now:
                 self._channel_name = await layer.new_channel()
             # else: named when channel_name is first read
+        # One frame for the instance's whole life (an idle connection holds it).
         async with _InstanceContext():
-            await self._run(receive, layer)
+            host = _find_watchdog() if _watchdogs else None
+            try:
+                if host is None:
+                    async with anyio.create_task_group() as tg:
+                        self._task_group = tg
+                        await self._run_instance(receive, layer)
+                else:
+                    # No task group of its own (entering and leaving one costs a
+                    # scheduler pass): tasks, if any, run in the host and are
+                    # cancelled and awaited here, as a task group's would be.
+                    self._host = host
+                    if self._spare_on_dispatch:
+                        self._watchdog = host
+                    host.instances.add(self)
+                    try:
+                        await self._run_instance(receive, layer)
+                    finally:
+                        try:
+                            if self._hosted:
+                                self._cancel_hosted()
+                                await self._join_hosted()  # noqa: ASYNC102 - shielded inside, as a task group's exit
+                        finally:
+                            host.instances.discard(self)
+            finally:
+                _live_websockets.discard(self)
+                self._task_group = None
+                self._host = None
+                self._stopping = True
+                try:
+                    if self._has_cleanup():
+                        # Shielded from outside cancellation, bounded by close_timeout.
+                        with anyio.CancelScope(
+                            shield=True,
+                            deadline=anyio.current_time() + self.close_timeout,
+                        ):
+                            try:
+                                await self._instance_cleanup()
+                            except Exception as exc:
+                                self._fail(exc)
+                finally:
+                    self._drop_undelivered(layer)
         if self._error is not None:
             error, self._error = self._error, None
             raise error
@@ -451,48 +492,6 @@ class AsyncConsumer:
         from trichannels.layers import channel_layers  # import here: import cycle
 
         return channel_layers.lookup(alias)
-
-    async def _run(self, receive: Receive, layer: BaseChannelLayer | None) -> None:
-        host = _find_watchdog() if _watchdogs else None
-        try:
-            if host is None:
-                async with anyio.create_task_group() as tg:
-                    self._task_group = tg
-                    await self._run_instance(receive, layer)
-            else:
-                # No task group of its own (entering and leaving one costs a
-                # scheduler pass): tasks, if any, run in the host and are
-                # cancelled and awaited here, as a task group's would be.
-                self._host = host
-                if self._spare_on_dispatch:
-                    self._watchdog = host
-                host.instances.add(self)
-                try:
-                    await self._run_instance(receive, layer)
-                finally:
-                    try:
-                        if self._hosted:
-                            self._cancel_hosted()
-                            await self._join_hosted()  # noqa: ASYNC102 - shielded inside, as a task group's exit
-                    finally:
-                        host.instances.discard(self)
-        finally:
-            _live_websockets.discard(self)
-            self._task_group = None
-            self._host = None
-            self._stopping = True
-            try:
-                if self._has_cleanup():
-                    # Shielded from outside cancellation, bounded by close_timeout.
-                    with anyio.CancelScope(
-                        shield=True, deadline=anyio.current_time() + self.close_timeout
-                    ):
-                        try:
-                            await self._instance_cleanup()
-                        except Exception as exc:
-                            self._fail(exc)
-            finally:
-                self._drop_undelivered(layer)
 
     async def _run_instance(  # noqa: ASYNC910 - reading awaits the server first
         self, receive: Receive, layer: BaseChannelLayer | None
