@@ -226,6 +226,19 @@ class _Watchdog:
 _watchdogs: list[_Watchdog] = []
 
 
+class _NoTaskGroup:
+    """Stands in for a task group in a hosted instance: entering and leaving cost nothing."""
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+
+_NO_TASK_GROUP: Final = _NoTaskGroup()
+
+
 def _find_watchdog() -> _Watchdog | None:
     key = _loop_key()
     for watchdog in _watchdogs:
@@ -355,6 +368,13 @@ class AsyncConsumer:
     _layer_reading = False
     _layer_done: anyio.Event | None = None
 
+    # Whether the class's dispatch() is AsyncConsumer's own (set per subclass).
+    _plain_dispatch: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._plain_dispatch = cls.dispatch is AsyncConsumer.dispatch
+
     def __init__(self, **kwargs: Any) -> None:
         if kwargs:
             _check_initkwargs(type(self), kwargs)
@@ -404,20 +424,43 @@ class AsyncConsumer:
             host = _find_watchdog() if _watchdogs else None
             try:
                 if host is None:
-                    async with anyio.create_task_group() as tg:
-                        self._task_group = tg
-                        await self._run_instance(receive, layer)
+                    tasks: TaskGroup | _NoTaskGroup = anyio.create_task_group()
                 else:
                     # No task group of its own (entering and leaving one costs a
                     # scheduler pass): tasks, if any, run in the host and are
-                    # cancelled and awaited here, as a task group's would be.
+                    # cancelled and awaited below, as a task group's would be.
+                    tasks = _NO_TASK_GROUP
                     self._host = host
                     if self._spare_on_dispatch:
                         self._watchdog = host
                     host.instances.add(self)
-                    try:
-                        await self._run_instance(receive, layer)
-                    finally:
+                try:
+                    async with tasks as tg:
+                        self._task_group = tg
+                        if scope.get("type") == "websocket":
+                            _live_websockets.add(self)
+                        self._receive = receive
+                        if layer is not None and self._eager_layer_reader:
+                            self._start_layer_reader()
+                        try:
+                            await self._read_protocol(receive)
+                            if (
+                                self._disconnect_message is not None
+                                and not self._stopped
+                            ):
+                                with anyio.CancelScope() as self._ending:
+                                    await self._after_disconnect()
+                        except StopConsumer:
+                            pass
+                        except Exception as exc:
+                            self._fail(exc)
+                        # Ending: no more going-away closes (the task group may
+                        # close to new tasks before __call__ returns).
+                        _live_websockets.discard(self)
+                        if self._others_started:
+                            self._cancel_tasks()
+                finally:
+                    if host is not None:
                         try:
                             if self._hosted:
                                 self._cancel_hosted()
@@ -492,29 +535,6 @@ class AsyncConsumer:
         from trichannels.layers import channel_layers  # import here: import cycle
 
         return channel_layers.lookup(alias)
-
-    async def _run_instance(  # noqa: ASYNC910 - reading awaits the server first
-        self, receive: Receive, layer: BaseChannelLayer | None
-    ) -> None:
-        if self.scope.get("type") == "websocket":
-            _live_websockets.add(self)
-        self._receive = receive
-        if layer is not None and self._eager_layer_reader:
-            self._start_layer_reader()
-        try:
-            await self._read_protocol(receive)
-            if self._disconnect_message is not None and not self._stopped:
-                with anyio.CancelScope() as self._ending:
-                    await self._after_disconnect()
-        except StopConsumer:
-            pass
-        except Exception as exc:
-            self._fail(exc)
-        # Ending: no more going-away closes (the task group may close to new
-        # tasks before __call__ returns).
-        _live_websockets.discard(self)
-        if self._others_started:
-            self._cancel_tasks()
 
     # -- the instance's tasks ------------------------------------------------------
 
@@ -639,8 +659,8 @@ class AsyncConsumer:
                             break  # retired: the instance is idle
                         continue
                     message = await receive()
-                    get_handler_name(message)  # validate before anything else
-                    if _is_disconnect(message):
+                    name = get_handler_name(message)  # validates the message
+                    if name.endswith("_disconnect") and _is_disconnect(message):
                         self._noticing = agent
                         self._notice_disconnect(message)
                         break
@@ -792,7 +812,11 @@ class AsyncConsumer:
                 if from_layer:
                     await self._dispatch_layer_event(message)
                 else:
-                    await self.dispatch(message)
+                    if self._plain_dispatch:
+                        # dispatch() is not overridden: call the handler (a frame less).
+                        await self._get_handler(message)(message)
+                    else:
+                        await self.dispatch(message)
                     if self._is_worker:
                         # Tell the worker the message was handled (it acknowledges it).
                         await self.base_send(_HANDLED)
