@@ -367,6 +367,7 @@ class AsyncConsumer:
     _backlog_first: Message | None = None  # see _take_layer_backlog
     _layer_reading = False
     _layer_done: anyio.Event | None = None
+    _allowed_name: str | None = None  # the handler name of the last layer event allowed
 
     # Whether the class's dispatch() is AsyncConsumer's own (set per subclass).
     _plain_dispatch: ClassVar[bool] = True
@@ -1051,7 +1052,9 @@ class AsyncConsumer:
         await self._get_handler(message)(message)
 
     def _get_handler(self, message: Message) -> Callable[[Message], Any]:
-        name = get_handler_name(message)
+        return self._handler_named(get_handler_name(message), message)
+
+    def _handler_named(self, name: str, message: Message) -> Callable[[Message], Any]:
         handler = getattr(self, name, None)
         if handler is None or not callable(handler):
             raise ValueError(
@@ -1062,11 +1065,17 @@ class AsyncConsumer:
 
     async def _dispatch_layer_event(self, message: Message) -> None:
         name = get_handler_name(message)
-        reason = self._refusal_reason(name)
-        if reason is not None:
-            # Logged once, with the scope, where the instance records the failure.
-            raise RefusedLayerMessage(message["type"], name, reason)
-        await self.dispatch(message)
+        if name is not self._allowed_name:
+            reason = self._refusal_reason(name)
+            if reason is not None:
+                # Logged once, with the scope, where the instance records the failure.
+                raise RefusedLayerMessage(message["type"], name, reason)
+            self._allowed_name = name  # the next message of this type skips the lookup
+        if self._plain_dispatch:
+            # dispatch() is not overridden: call the handler (a frame less).
+            await self._handler_named(name, message)(message)
+        else:
+            await self.dispatch(message)
 
     def _refusal_reason(self, name: str) -> str | None:
         key = (type(self), name, self.scope.get("type"), self.layer_event_handlers)
