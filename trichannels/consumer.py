@@ -321,6 +321,9 @@ class AsyncConsumer:
     # running. The HTTP consumer starts it only once a response streams or a child
     # task runs (see _start_spare).
     _spare_on_dispatch: ClassVar[bool] = True
+    # Whether the instance may end after any handler returns (_ended_by_handler);
+    # the HTTP consumer ends once its response is complete.
+    _may_end_after_handler: ClassVar[bool] = False
 
     scope: Scope
     _channel_name: str
@@ -821,6 +824,8 @@ class AsyncConsumer:
                     if self._is_worker:
                         # Tell the worker the message was handled (it acknowledges it).
                         await self.base_send(_HANDLED)
+                if self._may_end_after_handler and self._ended_by_handler():
+                    raise StopConsumer
                 pending = self._pending
                 if not pending:
                     return
@@ -1027,6 +1032,10 @@ class AsyncConsumer:
             )
         except Exception as exc:  # the connection may already be gone
             logger.debug("could not send going-away close: %r", exc)
+
+    def _ended_by_handler(self) -> bool:
+        """Whether the handler that just returned ended the instance (see _may_end_after_handler)."""
+        return False
 
     def _has_cleanup(self) -> bool:
         """Whether :meth:`_instance_cleanup` has anything to do (saves a scope per instance)."""

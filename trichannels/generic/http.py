@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 import anyio
 import anyio.lowlevel
 
-from trichannels._validation import validate_outgoing
+from trichannels._validation import _check_status, validate_outgoing
 from trichannels.consumer import AsyncConsumer
 from trichannels.exceptions import StopConsumer, UnexpectedMessage
 
@@ -159,12 +159,6 @@ class AsyncHttpConsumer(AsyncConsumer):
                     await _send_server_error(send)
             raise
 
-    async def dispatch(self, message: Message) -> None:
-        """Dispatch ``message``; end the instance once the response is complete."""
-        await super().dispatch(message)
-        if self._response_complete:
-            raise StopConsumer
-
     def start_soon(
         self, fn: Callable[..., Awaitable[Any]], *args: Any, name: object = None
     ) -> None:
@@ -206,6 +200,10 @@ class AsyncHttpConsumer(AsyncConsumer):
             raise RuntimeError(msg)
 
     _spare_on_dispatch = False  # see send() and start_soon()
+    _may_end_after_handler = True  # once the response is complete
+
+    def _ended_by_handler(self) -> bool:
+        return self._response_complete
 
     def _notice_disconnect(self, message: Message) -> None:
         # Nothing more can reach an HTTP client that went away: cancel whatever
@@ -435,7 +433,8 @@ class AsyncHttpConsumer(AsyncConsumer):
                 self._whole_response = False
             await self.send(body_message)
             return
-        validate_outgoing("http", start)
+        # The headers were checked as they were encoded: only the status is left.
+        _check_status("http.response.start", status)
         self._follow(start, whole=True)
         await self._deliver(start)
         self._follow(body_message, whole=False)
@@ -632,7 +631,24 @@ def _encode_headers(headers: object) -> list[tuple[bytes, bytes]]:
     return encoded
 
 
+# Header names already checked and lowercased, by the name given (bounded).
+_names: dict[object, bytes] = {}
+_NAMES_LIMIT: Final = 1024
+
+
 def _encode_name(name: object) -> bytes:
+    if type(name) is bytes or type(name) is str:
+        known = _names.get(name)
+        if known is not None:
+            return known
+        raw = _check_name(name)
+        if len(_names) < _NAMES_LIMIT:
+            _names[name] = raw
+        return raw
+    return _check_name(name)
+
+
+def _check_name(name: object) -> bytes:
     if isinstance(name, str):
         try:
             raw = name.encode("ascii")
