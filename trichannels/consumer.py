@@ -668,7 +668,10 @@ class AsyncConsumer:
                         self._noticing = agent
                         self._notice_disconnect(message)
                         break
-                    await self._handle(agent, False, message)
+                    if self._dispatch_scope is None:  # the usual case: run it now
+                        await self._dispatch_now(agent, False, message)
+                    else:
+                        await self._handle(agent, False, message)
             except Exception as exc:
                 self._fail(exc)
             finally:
@@ -748,7 +751,13 @@ class AsyncConsumer:
                 try:
                     while self._disconnect_message is None:
                         message = await layer.receive(self._channel_name)
-                        await self._handle(agent, True, message)
+                        if (
+                            self._dispatch_scope is None
+                            and self._disconnect_message is None
+                        ):
+                            await self._dispatch_now(agent, True, message)
+                        else:
+                            await self._handle(agent, True, message)
                 except Exception as exc:
                     self._fail(exc)
             self._agent_done(agent)
@@ -984,7 +993,9 @@ class AsyncConsumer:
         )
 
     def _drop_undelivered(self, layer: BaseChannelLayer | None) -> None:
-        pending = self._pending or ()
+        if not self._pending:
+            return
+        pending = self._pending
         dropped = sum(from_layer for from_layer, _ in pending)
         self._pending = None
         if dropped and layer is not None:
