@@ -985,6 +985,16 @@ def _deadline_scope(deadline: float) -> contextlib.AbstractContextManager[Any]:
     return anyio.CancelScope(deadline=deadline)
 
 
+def _shield_scope() -> contextlib.AbstractContextManager[Any]:
+    """A shielded cancel scope: trio's own under trio (see ``_deadline_scope``)."""
+    if _sniffio_thread.name == "trio":
+        return cast(
+            "contextlib.AbstractContextManager[Any]",
+            sys.modules["trio"].CancelScope(shield=True),
+        )
+    return anyio.CancelScope(shield=True)
+
+
 def _raw_socket(conn: BaseConnection) -> socket.socket | None:
     """The plain socket under ``conn``'s stream, under trio; else None.
 
@@ -1154,6 +1164,11 @@ class _Link:
             raise reply.error
         return reply.result
 
+    def connected(self) -> bool:
+        """True if a call would not have to (re)connect first."""
+        conn = self._conn
+        return conn is not None and conn.usable
+
     def expire(self, now: float) -> None:
         """Fail replies overdue at ``now`` (:func:`time.monotonic`) and drop the connection.
 
@@ -1235,6 +1250,10 @@ class _WorkerChannel:
     handover_token: int = 0
     handover_unknown: int | None = None
     """The token of a ``read_take`` call whose reply has not been processed."""
+    link: _Link | None = None
+    """The reader's connection while the reader is parked (see ``_fetch_for_receiver``)."""
+    fetching: bool = False
+    """A receiver is running ``read_take`` itself (the reader must not run one)."""
 
 
 # --------------------------------------------------------------------------- the layer
@@ -2143,15 +2162,82 @@ class RedisChannelLayer(BaseChannelLayer):
     async def _take_worker(self, wc: _WorkerChannel) -> _Item:
         wc.waiting += 1
         wc.last_active = self._now()
-        wc.demand.set()
-        self._start_worker_reader(wc)
         try:
+            if (
+                wc.link is not None
+                and wc.waiting == 1
+                and not wc.queue.items
+                and not wc.fetching
+                and wc.handover_unknown is None
+                and wc.delivery == "at-most-once"
+                and self._broken is None
+                and not self._closed
+                and self._now() < wc.next_claim
+                and wc.link.connected()  # never connect in a shielded call
+            ):
+                item = await self._fetch_for_receiver(wc, wc.link)
+                if item is not None:
+                    return item
+            wc.demand.set()
+            self._start_worker_reader(wc)
             return await self._take(wc.queue, wc)
         finally:
             wc.waiting -= 1
             wc.last_active = self._now()
             if not wc.waiting and wc.queue.items:
                 wc.demand.set()  # entries were fetched for receivers that left
+
+    async def _fetch_for_receiver(
+        self, wc: _WorkerChannel, link: _Link
+    ) -> _Item | None:
+        """Run ``read_take`` in the receiving task itself while the reader is parked.
+
+        Saves waking the reader task and then the receiver (two scheduler passes
+        per message). Only one ``read_take`` runs per channel at a time
+        (``wc.fetching``; the reader waits while it is set). The call is
+        shielded: once the script may have run, its reply is always processed,
+        so entries it took are buffered even if this receiver is cancelled (they
+        are then delivered to another receiver or handed back like any
+        stranded entry). The wait is bounded by the link's reply deadline
+        (``_Link.expire``). A Redis error leaves ``handover_unknown`` set; the
+        reader, woken by the fallback, recovers the batch (``_recover_pending``).
+        Returns None when nothing came for this receiver: it then waits as usual.
+        """
+        ll = _lowlevel()
+        await ll.checkpoint_if_cancelled()
+        wc.fetching = True
+        try:
+            with _shield_scope():
+                try:
+                    await self._read_take(wc, link, 1)
+                except _REDIS_ERRORS as exc:
+                    _log.debug(
+                        "read_take for a receiver on %s failed: %s", wc.name, exc
+                    )
+        finally:
+            wc.fetching = False
+            if wc.waiting > 1 or wc.handover_unknown is not None:
+                wc.demand.set()  # the reader waited for this call to finish
+        # Cancelled meanwhile: whatever came stays buffered (see _take_worker).
+        await ll.checkpoint_if_cancelled()
+        return self._take_nowait(wc.queue, wc)
+
+    def _take_nowait(self, queue: _Queue, wc: _WorkerChannel) -> _Item | None:
+        """Take the next live buffered item without waiting (as ``_take`` does), or None."""
+        items = queue.items
+        while items:
+            item = items.popleft()
+            if item is _WAKE:
+                continue
+            wc.outstanding -= 1
+            if item.deadline < self._now():
+                self._counters.expired += 1
+                continue
+            if item.entry_id is not None and item.entry_id not in wc.leased:
+                continue
+            self._counters.received += 1
+            return item
+        return None
 
     # ----------------------------------------------------------- groups
 
@@ -2560,17 +2646,26 @@ class RedisChannelLayer(BaseChannelLayer):
         while True:
             if self._closed:
                 return False
+            if wc.handover_unknown is not None and not wc.fetching:
+                # A receiver's read_take (_fetch_for_receiver) lost its reply.
+                await self._recover_pending(wc, link)
+                continue
             # Receivers still waiting, minus items fetched for them and not yet
             # taken (a receiver handed an item may not have resumed yet).
             need = wc.waiting - wc.outstanding
-            if need <= 0:
+            if need <= 0 or wc.fetching:
                 grace = min(_HANDOFF_GRACE, self.visibility_timeout)
                 stranded = wc.waiting == 0 and bool(wc.queue.items)
                 ll = _lowlevel()
-                with _deadline_scope(
-                    ll.current_time() + (grace if stranded else self.visibility_timeout)
-                ):
-                    await wc.demand.wait()
+                wc.link = link  # receivers may run read_take meanwhile
+                try:
+                    with _deadline_scope(
+                        ll.current_time()
+                        + (grace if stranded else self.visibility_timeout)
+                    ):
+                        await wc.demand.wait()
+                finally:
+                    wc.link = None
                 wc.demand = ll.Event()
                 idle = self._now() - wc.last_active
                 if wc.waiting == 0 and wc.queue.items and idle >= grace:
