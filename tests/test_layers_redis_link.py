@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import coredis
@@ -19,21 +19,25 @@ import trio
 import trio.testing
 from coredis.retry import NoRetryPolicy
 
-from tests.test_layers_redis import _free_port, _redis_server
+from tests.test_layers_redis import (
+    MakeLayer,
+    _free_port,
+    _redis_server,
+    make_layer,
+    prefix,
+)
 from trichannels.exceptions import ChannelFull, LayerConnectionError
 from trichannels.layers.redis import RedisChannelLayer, _Link
+
+__all__ = ["MakeLayer", "make_layer", "prefix", "redis"]  # fixtures, shared
 
 pytestmark = pytest.mark.redis
 
 
 @pytest.fixture
-def prefix() -> str:
-    return f"t{secrets.token_hex(5)}"
-
-
-@pytest.fixture
 async def redis(redis_url: str, prefix: str) -> AsyncIterator[coredis.Redis[bytes]]:
-    """A plain coredis client; the test's keys are deleted afterwards."""
+    """A plain coredis client whose replies time out after 5 s (the link tests rely
+    on it); the test's keys are deleted afterwards. Overrides test_layers_redis's."""
     client = coredis.Redis.from_url(
         redis_url, retry_policy=NoRetryPolicy(), pool_timeout=5, stream_timeout=5
     )
@@ -42,19 +46,6 @@ async def redis(redis_url: str, prefix: str) -> AsyncIterator[coredis.Redis[byte
         keys = [k async for k in client.scan_iter(match=f"{prefix}:*", count=1000)]
         if keys:
             await client.unlink(keys)
-
-
-MakeLayer = Callable[..., RedisChannelLayer]
-
-
-@pytest.fixture
-def make_layer(redis_url: str, prefix: str, redis: coredis.Redis[bytes]) -> MakeLayer:
-    def make(**options: Any) -> RedisChannelLayer:
-        options.setdefault("hosts", [redis_url])
-        options.setdefault("prefix", prefix)
-        return RedisChannelLayer(**options)
-
-    return make
 
 
 # --------------------------------------------------------------------------- _Link
