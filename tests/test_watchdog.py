@@ -275,3 +275,41 @@ async def test_spare_from_the_watchdog_keeps_the_instances_context() -> None:
         ("next", "r-42"),
     ]
     assert seen[0][2] == seen[1][2]  # the instance's own thread both times
+
+
+async def test_hosted_layer_reader_is_awaited_and_cancelled_with_its_instance() -> None:
+    """A hosted instance's layer reader runs in the host without a wrapping scope; it ends with the instance."""
+    from trichannels.layers import channel_layers
+    from trichannels.layers.memory import InMemoryChannelLayer
+
+    class Listener(Stuck):
+        channel_layer_alias = "default"
+
+        async def websocket_connect(self, message: Message) -> None:
+            await self.send({"type": "websocket.accept"})
+            await self.send({"type": "websocket.send", "text": self.channel_name})
+
+        async def note_this(self, event: Message) -> None:
+            await self.send({"type": "websocket.send", "text": event["text"]})
+
+    async with InMemoryChannelLayer() as layer:
+        previous = channel_layers.set("default", layer)
+        try:
+            consumer = Listener()
+            async with (
+                handler_watchdog(),
+                ApplicationCommunicator(consumer, SCOPE) as comm,
+            ):
+                await comm.send_input({"type": "websocket.connect"})
+                await comm.receive_output()
+                channel = (await comm.receive_output())["text"]
+                await layer.send(channel, {"type": "note.this", "text": "hi"})
+                assert (await comm.receive_output())["text"] == "hi"
+                assert consumer._hosted == 1  # the layer reader, in the host
+                assert consumer._hosted_scopes is None  # no wrapping scope
+                await comm.send_input({"type": "websocket.disconnect", "code": 1000})
+                await comm.wait()
+                assert consumer._hosted == 0
+                assert not consumer._layer_reading
+        finally:
+            channel_layers.set("default", previous)

@@ -530,7 +530,7 @@ class AsyncConsumer:
         ):
             return
         self._layer_reader_started = True
-        self._spawn(self._read_layer, layer)
+        self._spawn(self._read_layer, layer, agent=True)
 
     def _attach_layer(self) -> BaseChannelLayer | None:
         alias = self.channel_layer_alias
@@ -552,9 +552,18 @@ class AsyncConsumer:
         return host is not None and not host.closed
 
     def _spawn(
-        self, fn: Callable[..., Awaitable[Any]], *args: Any, name: object = None
+        self,
+        fn: Callable[..., Awaitable[Any]],
+        *args: Any,
+        name: object = None,
+        agent: bool = False,
     ) -> None:
-        """Start ``fn(*args)`` as one of the instance's tasks (check _can_spawn first)."""
+        """Start ``fn(*args)`` as one of the instance's tasks (check _can_spawn first).
+
+        ``agent``: ``fn`` is a reader that runs inside an agent scope of its own
+        and calls :meth:`_agent_task_ended` when it ends; hosted, it needs no
+        wrapping scope.
+        """
         self._others_started = True
         tg = self._task_group
         if tg is not None:
@@ -564,15 +573,31 @@ class AsyncConsumer:
         assert host is not None
         self._hosted += 1
         try:
-            host.tg.start_soon(
-                self._hosted_task,
-                fn,
-                args,
-                name=name if name is not None else getattr(fn, "__qualname__", fn),
-            )
+            if agent:
+                host.tg.start_soon(fn, *args, name=name)  # type: ignore[arg-type]
+            else:
+                host.tg.start_soon(
+                    self._hosted_task,
+                    fn,
+                    args,
+                    name=name if name is not None else getattr(fn, "__qualname__", fn),
+                )
         except BaseException:
             self._hosted -= 1
             raise
+
+    def _agent_started(self, agent: anyio.CancelScope) -> None:
+        """A reader task's agent scope is open (cancelled at once if the instance is ending)."""
+        self._agents.append(agent)
+        if self._hosted_cancelled:
+            agent.cancel()
+
+    def _agent_task_ended(self) -> None:
+        """A reader task started with ``_spawn(agent=True)`` is ending."""
+        if self._host is not None:
+            self._hosted -= 1
+            if self._hosted == 0:
+                self._wake_joiner()
 
     async def _hosted_task(  # noqa: ASYNC910 - a task body, not an API
         self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]
@@ -610,6 +635,8 @@ class AsyncConsumer:
         self._hosted_cancelled = True
         for scope in self._hosted_scopes or ():
             scope.cancel()
+        for agent in self._agents:  # readers started with _spawn(agent=True)
+            agent.cancel()
 
     async def _join_hosted(self) -> None:  # noqa: ASYNC910 - only waits if tasks remain
         """Wait, shielded, until the hosted tasks (all cancelled) have finished."""
@@ -649,36 +676,40 @@ class AsyncConsumer:
     async def _read_protocol(  # noqa: ASYNC910 - a task body
         self, receive: Receive, spare: bool = False, takeover_seq: int = -1
     ) -> None:
-        with anyio.CancelScope() as agent:
-            self._agents.append(agent)
-            if self._reader is None:
-                self._reader = agent
-            elif takeover_seq == self._dispatch_seq and self._reader_busy():
-                # Started by the watchdog for a handler run that is still going.
-                self._reader = agent
-            try:
-                while self._disconnect_message is None and not self._stopped:
-                    if self._reader is not agent:
-                        if not await self._watch(agent, spare):
-                            break  # retired: the instance is idle
-                        continue
-                    message = await receive()
-                    name = get_handler_name(message)  # validates the message
-                    if name.endswith("_disconnect") and _is_disconnect(message):
-                        self._noticing = agent
-                        self._notice_disconnect(message)
-                        break
-                    if self._dispatch_scope is None:  # the usual case: run it now
-                        await self._dispatch_now(agent, False, message)
-                    else:
-                        await self._handle(agent, False, message)
-            except Exception as exc:
-                self._fail(exc)
-            finally:
-                if spare:
-                    self._agents.remove(agent)
-                    self._spare_running = False
-        self._agent_done(agent)
+        try:
+            with anyio.CancelScope() as agent:
+                self._agent_started(agent)
+                if self._reader is None:
+                    self._reader = agent
+                elif takeover_seq == self._dispatch_seq and self._reader_busy():
+                    # Started by the watchdog for a handler run that is still going.
+                    self._reader = agent
+                try:
+                    while self._disconnect_message is None and not self._stopped:
+                        if self._reader is not agent:
+                            if not await self._watch(agent, spare):
+                                break  # retired: the instance is idle
+                            continue
+                        message = await receive()
+                        name = get_handler_name(message)  # validates the message
+                        if name.endswith("_disconnect") and _is_disconnect(message):
+                            self._noticing = agent
+                            self._notice_disconnect(message)
+                            break
+                        if self._dispatch_scope is None:  # the usual case: run it now
+                            await self._dispatch_now(agent, False, message)
+                        else:
+                            await self._handle(agent, False, message)
+                except Exception as exc:
+                    self._fail(exc)
+                finally:
+                    if spare:
+                        self._agents.remove(agent)
+                        self._spare_running = False
+            self._agent_done(agent)
+        finally:
+            if spare:
+                self._agent_task_ended()
 
     async def _watch(self, agent: anyio.CancelScope, spare: bool) -> bool:  # noqa: ASYNC910 - woken, not polled
         """Sleep while another agent reads; take over if it is stuck in a handler.
@@ -736,7 +767,7 @@ class AsyncConsumer:
         ):
             return
         self._spare_running = True
-        self._spawn(self._read_protocol, self._receive, True, takeover_seq)
+        self._spawn(self._read_protocol, self._receive, True, takeover_seq, agent=True)
 
     def _arm(self, wait: anyio.CancelScope) -> None:
         self._watch_armed = True
@@ -747,7 +778,7 @@ class AsyncConsumer:
         self._layer_reading = True
         try:
             with anyio.CancelScope() as agent:
-                self._agents.append(agent)
+                self._agent_started(agent)
                 try:
                     while self._disconnect_message is None:
                         message = await layer.receive(self._channel_name)
@@ -765,6 +796,7 @@ class AsyncConsumer:
             self._layer_reading = False
             if self._layer_done is not None:
                 self._layer_done.set()
+            self._agent_task_ended()
 
     async def _handle(
         self, agent: anyio.CancelScope, from_layer: bool, message: Message
