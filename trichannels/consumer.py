@@ -355,8 +355,7 @@ class AsyncConsumer:
     _cut_short = False
     _spare_running = False
     _disconnect_started = False
-    _watchdog: _Watchdog | None = None
-    _watched = False  # registered with the watchdog for this handler run
+    _watched: _Watchdog | None = None  # where this handler run is registered
     _others_started = False  # any task besides the instance's own
     # Hosted mode (a watchdog runs in this event loop): no task group of the
     # instance's own; its tasks run in the watchdog's, each in a cancel scope
@@ -367,7 +366,6 @@ class AsyncConsumer:
     _hosted_cancelled = False
     _hosted_done: anyio.Event | None = None
     _ending: anyio.CancelScope | None = None  # around _after_disconnect
-    _backlog_first: Message | None = None  # see _take_layer_backlog
     _layer_reading = False
     _layer_done: anyio.Event | None = None
     _allowed_name: str | None = None  # the handler name of the last layer event allowed
@@ -435,8 +433,6 @@ class AsyncConsumer:
                     # cancelled and awaited below, as a task group's would be.
                     tasks = _NO_TASK_GROUP
                     self._host = host
-                    if self._spare_on_dispatch:
-                        self._watchdog = host
                     host.instances.add(self)
                 try:
                     async with tasks as tg:
@@ -815,7 +811,7 @@ class AsyncConsumer:
                 return
             if self._pending is None:
                 self._pending = deque()
-            self._queue_at_disconnect(from_layer, message)
+            self._pending.append((from_layer, message))
             return  # noqa: ASYNC910 - the reader's await on its source was the checkpoint
         if self._dispatch_scope is not None:
             pending = self._pending
@@ -846,12 +842,12 @@ class AsyncConsumer:
             if not self._watch_armed and self._watcher is not None:
                 self._arm(self._watcher)
             elif not self._spare_running and self._spare_on_dispatch:
-                watchdog = self._watchdog
+                watchdog = self._host  # a hosting watchdog also watches
                 if watchdog is None or watchdog.closed:
                     self._start_spare()  # it arms itself when it first runs
                 else:
                     watchdog.watch(self)
-                    self._watched = True
+                    self._watched = watchdog
         try:
             while True:
                 if from_layer:
@@ -879,9 +875,10 @@ class AsyncConsumer:
             raise
         finally:
             self._dispatch_scope = None
-            if self._watched:
-                self._watched = False
-                self._watchdog.unwatch(self)  # type: ignore[union-attr]
+            watched = self._watched
+            if watched is not None:
+                self._watched = None
+                watched.unwatch(self)
             if self._space is not None:
                 self._space.set()
                 self._space = None
@@ -909,9 +906,10 @@ class AsyncConsumer:
             return  # noqa: ASYNC910 - the reading loop awaited the server
         while self._layer_reading:
             # Cancelled at the disconnect; a message it had just taken is queued
-            # (before the backlog) as it ends.
+            # as it ends, before what is still waiting on the channel.
             self._layer_done = anyio.Event()
             await self._layer_done.wait()
+        self._take_layer_backlog()
         while True:
             while self._dispatch_scope is not None:
                 # Another agent is handling events queued before the disconnect;
@@ -955,7 +953,6 @@ class AsyncConsumer:
         self._disconnect_message = message
         self._grace_deadline = anyio.current_time() + self.close_timeout
         self._release_watcher()
-        self._take_layer_backlog()
         for agent in self._agents:
             if agent is self._dispatch_scope:
                 agent.deadline = min(agent.deadline, self._grace_deadline)
@@ -966,9 +963,9 @@ class AsyncConsumer:
     def _take_layer_backlog(self) -> None:
         """Queue the layer messages that arrived before the disconnect, to run in its grace.
 
-        Reading the layer stops at a disconnect; what was already waiting on the
-        instance's channel (while a handler ran) is still handled, up to
-        max_pending_events queued events in all.
+        Reading the layer stops at a disconnect; once the layer reader has
+        ended, what was already waiting on the instance's channel (while a
+        handler ran) is still handled, up to max_pending_events queued events in all.
         """
         layer = self.channel_layer
         if layer is None or not self._layer_reader_started:
@@ -980,25 +977,7 @@ class AsyncConsumer:
             message = layer._receive_nowait(self._channel_name)
             if message is None:
                 break
-            if self._backlog_first is None:
-                self._backlog_first = message
             pending.append((True, message))
-
-    def _queue_at_disconnect(self, from_layer: bool, message: Message) -> None:
-        """Queue an event a reader took as the disconnect was noticed.
-
-        A layer message in the layer reader's hand then was taken from the
-        channel before the backlog was: it goes before the backlog's first.
-        """
-        pending = self._pending
-        assert pending is not None
-        first = self._backlog_first
-        if from_layer and first is not None:
-            for index, (_, queued) in enumerate(pending):
-                if queued is first:
-                    pending.insert(index, (from_layer, message))
-                    return
-        pending.append((from_layer, message))
 
     def _end_grace(self) -> None:
         """Stop dispatching now: cancel the busy handler, drop the queued events.
