@@ -621,13 +621,12 @@ class AsyncConsumer:
         if tg is not None:
             tg.cancel_scope.cancel()
             return
-        for agent in self._agents:
-            agent.cancel()
         if self._ending is not None:
             self._ending.cancel()
-        self._cancel_hosted()
+        self._cancel_hosted()  # the readers' agents, the instance's own included
 
     def _cancel_hosted(self) -> None:
+        """Cancel the hosted tasks and every agent (a reader started later starts cancelled)."""
         self._hosted_cancelled = True
         for scope in self._hosted_scopes or ():
             scope.cancel()
@@ -652,9 +651,8 @@ class AsyncConsumer:
 
     def _host_closed(self) -> None:
         """The host is shutting down (called from its task): end this instance."""
-        self._stopped = True
-        self._release_watcher()
-        self._cancel_tasks()
+        self._others_started = True  # the caller is not the instance's task: cancel it
+        self._stop()
         self._wake_joiner()
 
     # How events reach handlers. One task reads the server's events and, when no
