@@ -38,20 +38,29 @@ import contextlib
 import functools
 import logging
 import math
+import sys
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
 
 import anyio
 from anyio.abc import TaskGroup
+from sniffio import thread_local as _sniffio_thread
 
 from trichannels._validation import short_repr, validate_outgoing
 from trichannels.exceptions import StopConsumer
-from trichannels.sync import _InstanceContext, async_to_sync, sync_to_async
+from trichannels.sync import (
+    _current_home,
+    _join_home,
+    _open_home,
+    async_to_sync,
+    sync_to_async,
+)
 from trichannels.types import Message
 
 if TYPE_CHECKING:
+    from trichannels.layers import ChannelLayerManager
     from trichannels.layers.base import BaseChannelLayer
     from trichannels.types import ASGIApp, Receive, Scope, Send
 
@@ -139,6 +148,9 @@ def get_handler_name(message: object) -> str:
 
 _HANDLED: Final = {"type": "channel.handled"}
 
+# trichannels.layers.channel_layers, imported on first use (it imports this module).
+_channel_layers: ChannelLayerManager | None = None
+
 # Refusal reasons (or None) by (consumer class, handler name, protocol, allowlist).
 _refusals: dict[
     tuple[type[AsyncConsumer], str, object, frozenset[str] | None], str | None
@@ -163,8 +175,15 @@ _RETIRE_AFTER: Final = 1.0
 
 
 def _loop_key() -> object:
-    """Something that identifies the running event loop (compared with ``==``)."""
-    return anyio.lowlevel.current_token()
+    """The running event loop's identity (compared with ``is``).
+
+    trio's token under trio (sniffio's thread-local name says so, in guest mode
+    too), else the running asyncio loop: the two event loops anyio runs on.
+    Cheaper than anyio's token, which looks the backend up and makes an object.
+    """
+    if _sniffio_thread.name == "trio":
+        return sys.modules["trio"].lowlevel.current_trio_token()
+    return sys.modules["asyncio"].get_running_loop()
 
 
 class _Watchdog:
@@ -187,6 +206,9 @@ class _Watchdog:
         self._busy: dict[AsyncConsumer, int] = {}
         self._wake: anyio.Event | None = None
         self.instances: set[AsyncConsumer] = set()  # the instances it hosts
+        # What hosted instances make their cancel scopes with: the event loop's
+        # own class (no backend lookup per scope, no wrapper under trio).
+        self.new_scope = _scope_class()
 
     def watch(self, instance: AsyncConsumer) -> None:
         self._busy[instance] = instance._dispatch_seq
@@ -226,6 +248,19 @@ class _Watchdog:
 _watchdogs: list[_Watchdog] = []
 
 
+def _scope_class() -> Callable[..., anyio.CancelScope]:
+    """The running event loop's cancel scope class, called as ``anyio.CancelScope`` is.
+
+    Under trio that is trio's own (anyio's trio scopes wrap one, so both nest
+    freely); elsewhere the class of the scopes anyio makes for this loop, whose
+    constructor takes the same arguments.
+    """
+    if _sniffio_thread.name == "trio":
+        trio = sys.modules["trio"]  # running: imported
+        return cast("Callable[..., anyio.CancelScope]", trio.CancelScope)
+    return type(anyio.CancelScope())
+
+
 class _NoTaskGroup:
     """Stands in for a task group in a hosted instance: entering and leaving cost nothing."""
 
@@ -242,7 +277,7 @@ _NO_TASK_GROUP: Final = _NoTaskGroup()
 def _find_watchdog() -> _Watchdog | None:
     key = _loop_key()
     for watchdog in _watchdogs:
-        if watchdog.key == key and not watchdog.closed:
+        if watchdog.key is key and not watchdog.closed:
             return watchdog
     return None
 
@@ -369,6 +404,8 @@ class AsyncConsumer:
     _layer_reading = False
     _layer_done: anyio.Event | None = None
     _allowed_name: str | None = None  # the handler name of the last layer event allowed
+    # Makes the instance's cancel scopes (hosted: the host's, see _Watchdog).
+    _new_scope: Callable[..., anyio.CancelScope] = anyio.CancelScope
 
     # Whether the class's dispatch() is AsyncConsumer's own (set per subclass).
     _plain_dispatch: ClassVar[bool] = True
@@ -421,8 +458,11 @@ class AsyncConsumer:
             if self._eager_layer_reader or not layer._names_channels_now:
                 self._channel_name = await layer.new_channel()
             # else: named when channel_name is first read
-        # One frame for the instance's whole life (an idle connection holds it).
-        async with _InstanceContext():
+        # The instance's thread-sensitive scope (see ThreadSensitiveContext),
+        # entered inline: no frame for the instance's whole life.
+        home, home_reset = _open_home()
+        websocket = scope.get("type") == "websocket"
+        try:
             host = _find_watchdog() if _watchdogs else None
             try:
                 if host is None:
@@ -433,11 +473,12 @@ class AsyncConsumer:
                     # cancelled and awaited below, as a task group's would be.
                     tasks = _NO_TASK_GROUP
                     self._host = host
+                    self._new_scope = host.new_scope
                     host.instances.add(self)
                 try:
                     async with tasks as tg:
                         self._task_group = tg
-                        if scope.get("type") == "websocket":
+                        if websocket:
                             _live_websockets.add(self)
                         self._receive = receive
                         if layer is not None and self._eager_layer_reader:
@@ -448,7 +489,7 @@ class AsyncConsumer:
                                 self._disconnect_message is not None
                                 and not self._stopped
                             ):
-                                with anyio.CancelScope() as self._ending:
+                                with self._new_scope() as self._ending:
                                     await self._after_disconnect()
                         except StopConsumer:
                             pass
@@ -456,7 +497,8 @@ class AsyncConsumer:
                             self._fail(exc)
                         # Ending: no more going-away closes (the task group may
                         # close to new tasks before __call__ returns).
-                        _live_websockets.discard(self)
+                        if websocket:
+                            _live_websockets.discard(self)
                         if self._others_started:
                             self._cancel_tasks()
                 finally:
@@ -468,7 +510,8 @@ class AsyncConsumer:
                         finally:
                             host.instances.discard(self)
             finally:
-                _live_websockets.discard(self)
+                if websocket:
+                    _live_websockets.discard(self)
                 self._task_group = None
                 self._host = None
                 self._stopping = True
@@ -485,6 +528,11 @@ class AsyncConsumer:
                                 self._fail(exc)
                 finally:
                     self._drop_undelivered(layer)
+        finally:
+            _current_home.reset(home_reset)
+            home.closed = True
+            if home.used:
+                await _join_home(home)  # noqa: ASYNC102 - shielded inside, as ThreadSensitiveContext's exit
         if self._error is not None:
             error, self._error = self._error, None
             raise error
@@ -532,9 +580,12 @@ class AsyncConsumer:
         alias = self.channel_layer_alias
         if alias is None:
             return None
-        from trichannels.layers import channel_layers  # import here: import cycle
+        global _channel_layers  # imported on first use (import cycle)
+        if _channel_layers is None:
+            from trichannels.layers import channel_layers
 
-        return channel_layers.lookup(alias)
+            _channel_layers = channel_layers
+        return _channel_layers.lookup(alias)
 
     # -- the instance's tasks ------------------------------------------------------
 
@@ -599,7 +650,7 @@ class AsyncConsumer:
         self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]
     ) -> None:
         try:
-            with anyio.CancelScope() as scope:
+            with self._new_scope() as scope:
                 scopes = self._hosted_scopes
                 if scopes is None:
                     scopes = self._hosted_scopes = set()
@@ -671,7 +722,7 @@ class AsyncConsumer:
         self, receive: Receive, spare: bool = False, takeover_seq: int = -1
     ) -> None:
         try:
-            with anyio.CancelScope() as agent:
+            with self._new_scope() as agent:
                 self._agent_started(agent)
                 if self._reader is None:
                     self._reader = agent
@@ -719,7 +770,7 @@ class AsyncConsumer:
             busy = self._reader_busy()
             if spare and not busy and retire_seq == self._dispatch_seq:
                 return False  # noqa: ASYNC910 - idle for _RETIRE_AFTER (woken, not polled)
-            with anyio.CancelScope() as wait:
+            with self._new_scope() as wait:
                 self._watcher, self._watching = wait, agent
                 self._wake = wake = anyio.Event()
                 self._watch_armed = False
@@ -771,10 +822,10 @@ class AsyncConsumer:
     async def _read_layer(self, layer: BaseChannelLayer) -> None:  # noqa: ASYNC910 - a task body
         self._layer_reading = True
         try:
-            with anyio.CancelScope() as agent:
+            with self._new_scope() as agent:
                 self._agent_started(agent)
                 try:
-                    while self._disconnect_message is None:
+                    while self._disconnect_message is None and not self._stopped:
                         message = await layer.receive(self._channel_name)
                         if (
                             self._dispatch_scope is None
@@ -860,7 +911,9 @@ class AsyncConsumer:
                         # Tell the worker the message was handled (it acknowledges it).
                         await self.base_send(_HANDLED)
                 if self._may_end_after_handler and self._ended_by_handler():
-                    raise StopConsumer
+                    # Ends the instance as StopConsumer would, without raising.
+                    self._stop()
+                    return
                 pending = self._pending
                 if not pending:
                     return
@@ -918,10 +971,12 @@ class AsyncConsumer:
                 break
             # Events that arrived before the disconnect while no handler ran (layer
             # messages taken at the disconnect): run them within the grace period.
-            with anyio.CancelScope(deadline=self._grace_deadline) as agent:
+            with self._new_scope(deadline=self._grace_deadline) as agent:
                 from_layer, message = self._pending.popleft()
                 await self._dispatch_now(agent, from_layer, message)
             self._agent_done(agent)
+            if self._stopped:  # the handler may have ended the instance
+                return  # type: ignore[unreachable]  # (mypy keeps the narrowing above)
         self._disconnect_started = True  # what is taken from now on is dropped
         name = get_handler_name(disconnect)
         if not callable(getattr(self, name, None)):

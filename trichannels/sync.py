@@ -175,24 +175,27 @@ class ThreadSensitiveContext:
         _current_home.reset(reset)
         home.closed = True
         if home.used:
-            # Wait (without blocking the event loop) until the thread is idle, so
-            # that joining it below is immediate.
-            drain = _Call(_noop, (), {}, home)
-            home.submit(drain)
-            with anyio.CancelScope(shield=True):
-                await drain.result()
-        home.shutdown()
+            await _join_home(home)  # noqa: ASYNC102 - shielded inside
 
 
-class _InstanceContext(ThreadSensitiveContext):
-    """A consumer instance's context: entered without a checkpoint.
+def _open_home() -> tuple[_Home, contextvars.Token[_Home]]:
+    """Enter a consumer instance's thread-sensitive scope (no checkpoint, no frame).
 
-    The instance's first await on the server is its checkpoint; one more here
-    would cost every connection a pass through the scheduler for nothing.
+    The instance's first await on the server is its checkpoint. The caller
+    resets the token, sets ``home.closed`` and, if ``home.used``, awaits
+    :func:`_join_home`, as :class:`ThreadSensitiveContext`'s exit does.
     """
+    home = _Home("trichannels-sensitive")
+    return home, _current_home.set(home)
 
-    async def __aenter__(self) -> Self:  # noqa: ASYNC910 - see the class docstring
-        return self._enter()
+
+async def _join_home(home: _Home) -> None:
+    """Wait (shielded, without blocking the event loop) until a used home's thread is idle; join it."""
+    drain = _Call(_noop, (), {}, home)
+    home.submit(drain)
+    with anyio.CancelScope(shield=True):
+        await drain.result()
+    home.shutdown()
 
 
 def _noop() -> None:

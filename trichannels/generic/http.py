@@ -149,7 +149,9 @@ class AsyncHttpConsumer(AsyncConsumer):
         if scope.get("type") != "http":
             msg = f"{type(self).__qualname__} can only serve 'http' scopes, got scope type {scope.get('type')!r}"
             raise ValueError(msg)
-        _check_max_body_size(self.max_body_size)
+        limit = self.max_body_size
+        if limit is not None and (type(limit) is not int or limit < 0):
+            _check_max_body_size(limit)  # raises (as_asgi() checked the class's)
         try:
             await super().__call__(scope, receive, send)
         except Exception:
@@ -419,10 +421,14 @@ class AsyncHttpConsumer(AsyncConsumer):
         """
         encoded = _encode_headers(headers)
         body_message = {"type": "http.response.body", "body": body, "more_body": False}
-        validate_outgoing("http", body_message)
-        if not any(name == b"content-length" for name, _ in encoded):
+        if type(body) is not bytes:
+            validate_outgoing("http", body_message)  # raises, naming the field
+        for name, _ in encoded:
+            if name == b"content-length":
+                break
+        else:
             # The whole body is known: saves the server a chunked encoding.
-            encoded.append((b"content-length", str(len(body)).encode("ascii")))
+            encoded.append((b"content-length", b"%d" % len(body)))
         start = {"type": "http.response.start", "status": status, "headers": encoded}
         if type(self).send is not AsyncHttpConsumer.send:
             # A subclass's send() sees both messages.
@@ -615,6 +621,23 @@ def _content_length(scope: Scope) -> int | None:
 def _encode_headers(headers: object) -> list[tuple[bytes, bytes]]:
     if headers is None:
         return []
+    if type(headers) is list:  # the usual shape: skip the abstract-class checks
+        encoded: list[tuple[bytes, bytes]] = []
+        for pair in headers:
+            if type(pair) is not tuple or len(pair) != 2:
+                break
+            name, value = pair
+            raw = _encode_name(name)
+            if (
+                type(value) is not bytes
+                or b"\r" in value
+                or b"\n" in value
+                or b"\0" in value
+            ):
+                value = _encode_value(name, value)  # encodes a str, or raises
+            encoded.append((raw, value))
+        else:
+            return encoded
     if isinstance(headers, Mapping):
         pairs: Iterable[object] = headers.items()
     elif isinstance(headers, str | bytes) or not isinstance(headers, Iterable):
@@ -622,7 +645,7 @@ def _encode_headers(headers: object) -> list[tuple[bytes, bytes]]:
         raise TypeError(msg)
     else:
         pairs = headers
-    encoded: list[tuple[bytes, bytes]] = []
+    encoded = []
     for pair in pairs:
         if not isinstance(pair, tuple | list) or len(pair) != 2:
             msg = f"each header must be a (name, value) pair, got {pair!r}"
