@@ -68,6 +68,7 @@ from trichannels.layers.base import (
     Delivery,
     LayerStatistics,
     MessageSerializer,
+    MsgpackSerializer,
     _check_positive_int,
     _Event,
     _lowlevel,
@@ -836,6 +837,31 @@ class _Item:
     entry_id: bytes | None = None
 
 
+def _clone_value(value: Any) -> Any:
+    """Deep-copy a decoded message value (only dicts and lists are mutable)."""
+    kind = type(value)
+    if kind is dict:
+        return {k: _clone_value(v) for k, v in value.items()}
+    if kind is list:
+        return [_clone_value(v) for v in value]
+    return value
+
+
+def _clone_deep(message: dict[str, Any]) -> dict[str, Any]:
+    return {k: _clone_value(v) for k, v in message.items()}
+
+
+def _cloner(
+    message: dict[str, Any],
+) -> typing.Callable[[dict[str, Any]], dict[str, Any]]:
+    """How to copy ``message``, as decoded by the msgpack serializer, for one more receiver."""
+    for value in message.values():
+        kind = type(value)
+        if kind is dict or kind is list:
+            return _clone_deep
+    return dict.copy
+
+
 _HANDOFF_GRACE: Final = 1.0
 """Seconds a worker-channel entry fetched for a receiver that left waits for another local one."""
 
@@ -1470,6 +1496,8 @@ class RedisChannelLayer(BaseChannelLayer):
         self._now: typing.Callable[[], float] = (
             clock if clock is not None else time.monotonic
         )
+        self._fast_copy = type(self.serializer) is MsgpackSerializer
+        """Copies of a decoded message may be made without decoding again (``_fan_out``)."""
 
         self._proc = uuid.uuid4().hex
         self._shards = [_Shard(i, h) for i, h in enumerate(self._hosts)]
@@ -1623,13 +1651,42 @@ class RedisChannelLayer(BaseChannelLayer):
             self.local_delivery and "!" in channel and _inbox_id(channel) == self._proc
         )
 
-    def _deliver_copy(self, target: str, plain: bytes) -> None:
-        """Deliver a group copy to a ``!`` channel of this process (dropped if full)."""
-        message = self._loads(plain, target)
-        if message is not None and self._deliver_local(
-            target, _Item(self._now() + self.expiry, message)
-        ):
-            self._counters.sent += 1
+    def _fan_out(self, plain: bytes, targets: Iterable[str], deadline: float) -> int:
+        """Deliver one body to ``!`` channels of this process; the number delivered.
+
+        The body is decoded once; with the default (msgpack) serializer every
+        further target gets a copy of the decoded message (only dicts and lists
+        are mutable), with any other serializer its own decoding. Each receiver
+        thus owns its message. Targets that are empty or belong to another
+        process are skipped; full buffers drop their copy (counted, logged).
+        """
+        local_channels = self._local
+        first: dict[str, Any] | None = None
+        clone: typing.Callable[[dict[str, Any]], dict[str, Any]] | None = None
+        delivered = 0
+        for target in targets:
+            local = local_channels.get(target)
+            if local is None:
+                if not target or _inbox_id(target) != self._proc:
+                    continue
+                local = self._local_channel(target)
+            if first is None:
+                first = self._loads(plain, target)
+                if first is None:
+                    break
+                message = first
+                if self._fast_copy:
+                    clone = _cloner(first)
+            elif clone is not None:
+                message = clone(first)
+            else:
+                decoded = self._loads(plain, target)
+                if decoded is None:
+                    break
+                message = decoded
+            if self._deliver_local(local, _Item(deadline, message)):
+                delivered += 1
+        return delivered
 
     def _put_local(self, channel: str, plain: bytes) -> None:
         """Queue a ``send`` to a ``!`` channel of this process; ``ChannelFull`` if its buffer is full."""
@@ -2317,8 +2374,15 @@ class RedisChannelLayer(BaseChannelLayer):
             position = 3
             for plain in plains:
                 count = reply[position]
-                for target in reply[position + 1 : position + 1 + count]:
-                    self._deliver_copy(target.decode(), plain)
+                if count:
+                    self._counters.sent += self._fan_out(
+                        plain,
+                        [
+                            t.decode()
+                            for t in reply[position + 1 : position + 1 + count]
+                        ],
+                        self._now() + self.expiry,
+                    )
                 position += 1 + count
             if reply[1]:
                 _log.info(
@@ -2532,23 +2596,17 @@ class RedisChannelLayer(BaseChannelLayer):
             plain = self._decode(values.get(b"m", b""), targets[0])
             if plain is None:
                 continue
-            for target in targets:
-                if not target or _inbox_id(target) != self._proc:
-                    continue
-                message = self._loads(plain, target)
-                if message is None:
-                    break
-                self._deliver_local(target, _Item(now + remaining, message))
+            self._fan_out(plain, targets, now + remaining)
         return last
 
-    def _deliver_local(self, target: str, item: _Item) -> bool:
+    def _deliver_local(self, local: _LocalChannel, item: _Item) -> bool:
         """Put ``item`` into a local buffer; a full buffer drops it (counted, logged)."""
-        local = self._local_channel(target)
         delivered = local.queue.put_nowait(item)
         if not delivered:
             self._counters.dropped += 1
             self._counts.local_overflow += 1
             now = self._now()
+            target = local.name
             if now - self._last_overflow_log.get(target, -math.inf) > 10.0:
                 self._last_overflow_log[target] = now
                 _log.warning(

@@ -1,0 +1,123 @@
+"""How the Redis layer fans an inbox entry out to the ``!`` channels of its process.
+
+Against a real Redis server (``REDIS_URL``), like ``test_layers_redis_link.py``.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import trio
+
+from tests.test_layers_redis_link import MakeLayer, make_layer, prefix, redis
+from trichannels.layers.base import MessageSerializer, MsgpackSerializer
+
+__all__ = ["make_layer", "prefix", "redis"]
+
+pytestmark = pytest.mark.redis
+
+NESTED: dict[str, Any] = {
+    "type": "test.nested",
+    "payload": {"list": [1, {"deep": [2, 3]}], "text": "x"},
+    "items": [[1], {"a": "b"}],
+    "raw": b"bytes",
+}
+FLAT: dict[str, Any] = {"type": "test.flat", "text": "hello", "n": 3}
+
+
+class _CountingSerializer(MsgpackSerializer):
+    """msgpack, but not the default class: the layer decodes for each receiver."""
+
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.loads_calls = 0
+
+    def loads(self, data: bytes) -> dict[str, Any]:
+        self.loads_calls += 1
+        return super().loads(data)
+
+
+def _mutate(message: dict[str, Any]) -> None:
+    """Change every mutable part of a received message, and the message itself."""
+    for value in list(message.values()):
+        if isinstance(value, dict):
+            value.clear()
+            value["changed"] = True
+        elif isinstance(value, list):
+            if value and isinstance(value[0], list):
+                value[0].append("changed")
+            value.append("changed")
+    message["type"] = "changed"
+    message["added"] = 1
+
+
+async def _group_members_each_own_their_copy(
+    make_layer: MakeLayer, serializer: MessageSerializer | None, *, peer: bool
+) -> None:
+    members = 5
+    with trio.fail_after(10):
+        async with (
+            make_layer(serializer=serializer) as sender,
+            make_layer(serializer=serializer) as receiver,
+        ):
+            if not peer:
+                receiver = sender
+            channels = [await receiver.new_channel() for _ in range(members)]
+            for channel in channels:
+                await receiver.group_add("fan", channel)
+            for sent in (NESTED, FLAT):
+                await sender.group_send("fan", sent)
+                got = []
+                for channel in channels:
+                    message = await receiver.receive(channel)
+                    assert message == sent
+                    got.append(message)
+                    _mutate(message)  # before the next member receives its copy
+                assert len({id(m) for m in got}) == members
+
+
+@pytest.mark.parametrize("peer", [True, False], ids=["through-inbox", "local"])
+async def test_group_members_each_own_their_copy(
+    make_layer: MakeLayer, peer: bool
+) -> None:
+    """One group_send reaches 5 members of one process (one inbox entry): a member
+    that changes its message, nested lists and dicts included, changes no other's."""
+    await _group_members_each_own_their_copy(make_layer, None, peer=peer)
+
+
+@pytest.mark.parametrize("peer", [True, False], ids=["through-inbox", "local"])
+async def test_custom_serializer_decodes_for_each_member(
+    make_layer: MakeLayer, peer: bool
+) -> None:
+    """With a serializer other than the default, each member's copy is its own decoding."""
+    serializer = _CountingSerializer()
+    await _group_members_each_own_their_copy(make_layer, serializer, peer=peer)
+    assert serializer.loads_calls == 2 * 5
+
+
+async def test_one_inbox_entry_for_many_targets_is_decoded_once(
+    make_layer: MakeLayer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the default serializer, the 5 members' copies come from one decoding."""
+    calls = 0
+    original = MsgpackSerializer.loads
+
+    def loads(self: MsgpackSerializer, data: bytes) -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        return original(self, data)
+
+    with trio.fail_after(10):
+        async with make_layer() as sender, make_layer() as receiver:
+            channels = [await receiver.new_channel() for _ in range(5)]
+            for channel in channels:
+                await receiver.group_add("fan", channel)
+            monkeypatch.setattr(MsgpackSerializer, "loads", loads)
+            await sender.group_send("fan", copy.deepcopy(NESTED))
+            for channel in channels:
+                assert await receiver.receive(channel) == NESTED
+            monkeypatch.undo()
+    assert calls == 1
