@@ -170,6 +170,31 @@ async def test_receiver_cancelled_while_parked_leaves_no_channel(
     assert await layer.receive("a") == {"type": "x"}
 
 
+def test_receive_in_a_cancelled_scope_takes_nothing(backend: str) -> None:
+    """Invariant: receive() called in an already-cancelled scope raises the cancellation,
+    with an empty channel (where the wait is the checkpoint) and with a queued message
+    (which stays queued), and leaves no waiter behind."""
+
+    async def body() -> None:
+        async with InMemoryChannelLayer() as layer:
+            with anyio.CancelScope() as scope:
+                scope.cancel()
+                await layer.receive("empty")
+            assert scope.cancelled_caught
+            await layer.send("full", {"type": "kept"})
+            with anyio.CancelScope() as scope:
+                scope.cancel()
+                await layer.receive("full")
+            assert scope.cancelled_caught
+            # "full" only, still holding its message:
+            assert layer.statistics().channels == 1
+            await layer.send("empty", {"type": "x"})
+            assert await layer.receive("empty") == {"type": "x"}
+            assert await layer.receive("full") == {"type": "kept"}
+
+    anyio.run(body, backend=backend)
+
+
 # -- copies --------------------------------------------------------------------------
 
 

@@ -900,7 +900,15 @@ class AsyncConsumer:
         try:
             while True:
                 if from_layer:
-                    await self._dispatch_layer_event(message)
+                    # Inline (a frame less per delivery): refuse what may not
+                    # reach a handler, then call it.
+                    name = get_handler_name(message)
+                    if name is not self._allowed_name:
+                        self._allow(name, message)
+                    if self._plain_dispatch:
+                        await self._handler_named(name, message)(message)
+                    else:
+                        await self.dispatch(message)
                 else:
                     if self._plain_dispatch:
                         # dispatch() is not overridden: call the handler (a frame less).
@@ -1147,19 +1155,13 @@ class AsyncConsumer:
             )
         return handler  # type: ignore[no-any-return]
 
-    async def _dispatch_layer_event(self, message: Message) -> None:
-        name = get_handler_name(message)
-        if name is not self._allowed_name:
-            reason = self._refusal_reason(name)
-            if reason is not None:
-                # Logged once, with the scope, where the instance records the failure.
-                raise RefusedLayerMessage(message["type"], name, reason)
-            self._allowed_name = name  # the next message of this type skips the lookup
-        if self._plain_dispatch:
-            # dispatch() is not overridden: call the handler (a frame less).
-            await self._handler_named(name, message)(message)
-        else:
-            await self.dispatch(message)
+    def _allow(self, name: str, message: Message) -> None:
+        """Raise :class:`RefusedLayerMessage` if a layer event may not reach handler ``name``."""
+        reason = self._refusal_reason(name)
+        if reason is not None:
+            # Logged once, with the scope, where the instance records the failure.
+            raise RefusedLayerMessage(message["type"], name, reason)
+        self._allowed_name = name  # the next message of this type skips the lookup
 
     def _refusal_reason(self, name: str) -> str | None:
         key = (type(self), name, self.scope.get("type"), self.layer_event_handlers)

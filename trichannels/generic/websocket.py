@@ -442,6 +442,14 @@ class AsyncWebsocketConsumer(_WebsocketCore):
                 type, or an invalid close code.
             UnexpectedMessage: the handshake has not been accepted yet.
         """
+        if not close and self._ws_state is _OPEN:
+            # The usual frame, checked inline: one frame of ours, not four.
+            if bytes_data is None and type(text_data) is str:
+                await self.base_send({"type": "websocket.send", "text": text_data})
+                return
+            if text_data is None and type(bytes_data) is bytes:
+                await self.base_send({"type": "websocket.send", "bytes": bytes_data})
+                return
         message = _send_message(text_data, bytes_data)
         closing = _close_from_send_flag(close) if close else None
         await self._do_send(message)

@@ -416,6 +416,14 @@ class _Lowlevel(NamedTuple):
     cancel_shielded_checkpoint: Callable[[], Awaitable[None]]
     current_time: Callable[[], float]
     Event: Callable[[], _Event]
+    # park() -> (wake, wait): awaiting ``wait`` blocks the calling task until
+    # ``wake()`` (call it once) or a cancellation; an Event without the Event.
+    park: Callable[[], tuple[Callable[[], object], Awaitable[None]]]
+
+
+def _park_on_event() -> tuple[Callable[[], object], Awaitable[None]]:
+    event = anyio.Event()
+    return event.set, event.wait()
 
 
 _ANYIO_LOWLEVEL: Final = _Lowlevel(
@@ -423,6 +431,7 @@ _ANYIO_LOWLEVEL: Final = _Lowlevel(
     anyio.lowlevel.cancel_shielded_checkpoint,
     anyio.current_time,
     anyio.Event,
+    _park_on_event,
 )
 _trio_lowlevel: _Lowlevel | None = None
 
@@ -445,11 +454,38 @@ def _lowlevel() -> _Lowlevel:
         return _ANYIO_LOWLEVEL
     if _trio_lowlevel is None:
         trio: Any = sys.modules["trio"]
+        current_task = trio.lowlevel.current_task
+        reschedule = trio.lowlevel.reschedule
+        wait_task_rescheduled = trio.lowlevel.wait_task_rescheduled
+        succeeded = trio.lowlevel.Abort.SUCCEEDED
+
+        class Parked:
+            """One parked task: what trio.Event's wait and set do for it, without the Event."""
+
+            __slots__ = ("aborted", "task")
+
+            def __init__(self) -> None:
+                self.task = current_task()
+                self.aborted = False
+
+            def wake(self) -> None:
+                if not self.aborted:  # a cancelled task resumes by itself
+                    reschedule(self.task)
+
+            def abort(self, _: object) -> object:
+                self.aborted = True
+                return succeeded
+
+        def park() -> tuple[Callable[[], object], Awaitable[None]]:
+            parked = Parked()
+            return parked.wake, wait_task_rescheduled(parked.abort)
+
         _trio_lowlevel = _Lowlevel(
             trio.lowlevel.checkpoint_if_cancelled,
             trio.lowlevel.cancel_shielded_checkpoint,
             trio.current_time,
             trio.Event,
+            park,
         )
     return _trio_lowlevel
 

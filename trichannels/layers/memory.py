@@ -34,7 +34,6 @@ from functools import partial
 from typing import Any, Final, TypeAlias
 
 import anyio
-import anyio.lowlevel
 from sniffio import thread_local as _sniffio_thread
 
 from trichannels.exceptions import ChannelFull
@@ -358,18 +357,19 @@ class InMemoryChannelLayer(BaseChannelLayer):
         """
         require_valid_channel_name(channel)
         ll = _loop_or_lowlevel()
+        ch = self._channels.get(channel)
+        # Nothing queued: the wait below is the checkpoint (a cancelled caller
+        # is cancelled there, and leaves nothing behind).
         if isinstance(ll, _Lowlevel):
-            await ll.checkpoint_if_cancelled()
+            if ch is not None and ch.queue:
+                await ll.checkpoint_if_cancelled()
             now = self._open_now(ll.current_time)
         else:  # asyncio: ``ll`` is the running loop
-            ch = self._channels.get(channel)
             if ch is not None and ch.queue:
                 # Something is queued: checkpoint before taking it (and take it
                 # without awaiting again), so a cancellation can never lose it.
                 # If it is gone when this task resumes, the wait below follows.
                 await asyncio.sleep(0)
-            else:
-                await anyio.lowlevel.checkpoint_if_cancelled()
             now = self._open_now(ll.time)
         ch = self._channels.get(channel)
         if ch is not None:
@@ -384,15 +384,16 @@ class InMemoryChannelLayer(BaseChannelLayer):
                     del self._channels[channel]
                 if isinstance(ll, _Lowlevel):
                     await ll.cancel_shielded_checkpoint()
-                return message if cloner is None else cloner(message)
+                # Reached only if something was queued at the top, so a checkpoint
+                # ran above (nothing is awaited between the two looks).
+                return message if cloner is None else cloner(message)  # noqa: ASYNC910
         else:
             ch = self._channels[channel] = _Channel(channel, self.get_capacity(channel))
         waiter: _Waiter
         wait: Awaitable[Any]
         if isinstance(ll, _Lowlevel):
-            event = ll.Event()
-            waiter = _Waiter(event.set)
-            wait = event.wait()
+            wake, wait = ll.park()
+            waiter = _Waiter(wake)
         else:
             future: asyncio.Future[None] = ll.create_future()
             waiter = _Waiter(partial(_wake_future, future))
