@@ -12,7 +12,9 @@ import pytest
 import trio
 
 from tests.test_layers_redis_link import MakeLayer, make_layer, prefix, redis
+from trichannels.exceptions import ChannelFull
 from trichannels.layers.base import MessageSerializer, MsgpackSerializer
+from trichannels.layers.redis import RedisChannelLayer
 
 __all__ = ["make_layer", "prefix", "redis"]
 
@@ -121,3 +123,93 @@ async def test_one_inbox_entry_for_many_targets_is_decoded_once(
                 assert await receiver.receive(channel) == NESTED
             monkeypatch.undo()
     assert calls == 1
+
+
+async def _buffered(layer: RedisChannelLayer, count: int) -> None:
+    """Wait until ``count`` messages sit in the layer's local buffers."""
+    while layer.statistics().queued_messages < count:  # noqa: ASYNC110 - no event
+        await trio.sleep(0.005)
+
+
+@pytest.mark.parametrize("peer", [True, False], ids=["through-inbox", "local"])
+async def test_cancelled_receive_leaves_buffered_messages(
+    make_layer: MakeLayer, peer: bool
+) -> None:
+    """A receive cancelled before it starts takes nothing from a non-empty buffer."""
+    with trio.fail_after(10):
+        async with make_layer() as sender, make_layer() as receiver:
+            if not peer:
+                receiver = sender
+            channel = await receiver.new_channel()
+            for n in range(2):
+                await sender.send(channel, {"type": "test.n", "n": n})
+            await _buffered(receiver, 2)
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await receiver.receive(channel)
+            assert scope.cancelled_caught
+            assert receiver.statistics().queued_messages == 2
+            assert (await receiver.receive(channel))["n"] == 0
+            assert (await receiver.receive(channel))["n"] == 1
+            assert receiver.statistics().messages_received == 2
+
+
+@pytest.mark.parametrize("peer", [True, False], ids=["through-inbox", "local"])
+async def test_expired_buffered_messages_are_skipped(
+    make_layer: MakeLayer, peer: bool
+) -> None:
+    """Buffered messages past their deadline (the ``clock`` option) are counted, not received."""
+    now = [1000.0]
+    with trio.fail_after(10):
+        async with (
+            make_layer() as sender,
+            make_layer(clock=lambda: now[0], expiry=5) as receiver,
+        ):
+            if not peer:
+                receiver = sender = receiver
+            channel = await receiver.new_channel()
+            for n in range(2):
+                await sender.send(channel, {"type": "test.n", "n": n})
+            await _buffered(receiver, 2)
+            now[0] += 10
+            await sender.send(channel, {"type": "test.n", "n": 2})
+            await _buffered(receiver, 3)
+            assert (await receiver.receive(channel))["n"] == 2
+            stats = receiver.statistics()
+            assert (stats.messages_expired, stats.messages_received) == (2, 1)
+            assert stats.queued_messages == 0
+
+
+async def test_draining_a_full_buffer_unmarks_it(make_layer: MakeLayer) -> None:
+    """A peer's buffer that filled is marked full (sends raise ChannelFull) until
+    receives drain it to half its capacity."""
+    with trio.fail_after(10):
+        async with (
+            make_layer() as sender,
+            make_layer(channel_capacity={"*": 4}) as receiver,
+        ):
+            channel = await receiver.new_channel()
+            for n in range(4):
+                await sender.send(channel, {"type": "test.n", "n": n})
+            await _buffered(receiver, 4)
+            while True:  # the owner marks it full one round trip later
+                try:
+                    await sender.send(channel, {"type": "test.over"})
+                except ChannelFull:
+                    break
+                await trio.sleep(0.005)
+            got = [(await receiver.receive(channel))["n"] for _ in range(2)]
+            assert got == [0, 1]
+            while True:  # unmarked one round trip later
+                try:
+                    await sender.send(channel, {"type": "test.n", "n": 4})
+                except ChannelFull:
+                    await trio.sleep(0.005)
+                else:
+                    break
+            got = []
+            while len(got) < 3:
+                message = await receiver.receive(channel)
+                if message["type"] == "test.n":  # a test.over may have got in
+                    got.append(message["n"])
+            assert got == [2, 3, 4]

@@ -1684,8 +1684,14 @@ class RedisChannelLayer(BaseChannelLayer):
                 if decoded is None:
                     break
                 message = decoded
-            if self._deliver_local(local, _Item(deadline, message)):
+            queue = local.queue
+            if queue.put_nowait(_Item(deadline, message)):
+                local.last_deadline = deadline
                 delivered += 1
+                if len(queue.items) >= local.capacity:
+                    self._check_full(local)
+            else:
+                self._overflow(local)
         return delivered
 
     def _put_local(self, channel: str, plain: bytes) -> None:
@@ -2128,9 +2134,35 @@ class RedisChannelLayer(BaseChannelLayer):
             LayerConnectionError: ``reconnect_deadline`` passed while disconnected.
         """
         self._check_open()
-        channel = self.require_valid_channel_name(channel)
-        if "!" in channel:
-            local = self._local_channel(channel)
+        # A known local buffer's name was validated when the buffer was made.
+        local = self._local.get(channel) if type(channel) is str else None
+        if local is None:
+            channel = self.require_valid_channel_name(channel)
+            if "!" in channel:
+                local = self._local_channel(channel)
+        if local is not None:
+            items = local.queue.items
+            if items:
+                # Something is buffered: take it without the waiting machinery.
+                # Nothing can take it between the cancellation check and here.
+                ll = _lowlevel()
+                await ll.checkpoint_if_cancelled()
+                now = self._now()
+                while items:
+                    item = items.popleft()
+                    if item is _WAKE:
+                        continue
+                    if item.deadline < now:
+                        self._counters.expired += 1
+                        continue
+                    self._counters.received += 1
+                    local.last_active = now
+                    if local.flagged and len(items) <= local.capacity // 2:
+                        local.flagged = False
+                        self._flag_changes[channel] = False
+                        self._wake()
+                    await ll.cancel_shielded_checkpoint()
+                    return item.message
             local.waiting += 1
             try:
                 item = await self._take(local.queue)
@@ -2599,26 +2631,21 @@ class RedisChannelLayer(BaseChannelLayer):
             self._fan_out(plain, targets, now + remaining)
         return last
 
-    def _deliver_local(self, local: _LocalChannel, item: _Item) -> bool:
-        """Put ``item`` into a local buffer; a full buffer drops it (counted, logged)."""
-        delivered = local.queue.put_nowait(item)
-        if not delivered:
-            self._counters.dropped += 1
-            self._counts.local_overflow += 1
-            now = self._now()
-            target = local.name
-            if now - self._last_overflow_log.get(target, -math.inf) > 10.0:
-                self._last_overflow_log[target] = now
-                _log.warning(
-                    "dropped a message for %s: its buffer is full (capacity %d); "
-                    "the consumer is not keeping up",
-                    target,
-                    local.capacity,
-                )
-        else:
-            local.last_deadline = item.deadline
+    def _overflow(self, local: _LocalChannel) -> None:
+        """Count and log a message dropped because ``local``'s buffer is full."""
+        self._counters.dropped += 1
+        self._counts.local_overflow += 1
+        now = self._now()
+        target = local.name
+        if now - self._last_overflow_log.get(target, -math.inf) > 10.0:
+            self._last_overflow_log[target] = now
+            _log.warning(
+                "dropped a message for %s: its buffer is full (capacity %d); "
+                "the consumer is not keeping up",
+                target,
+                local.capacity,
+            )
         self._check_full(local)
-        return delivered
 
     def _check_full(self, local: _LocalChannel) -> None:
         """Mark ``local`` full in Redis once its buffer is full (see the class docstring)."""
