@@ -973,14 +973,15 @@ class _Reply:
     its per-call telemetry, statistics and weak proxy): the connection's reader task
     resolves it in FIFO order through ``consume`` / ``fail``."""
 
-    __slots__ = ("complete", "deadline", "error", "event", "result")
+    __slots__ = ("complete", "deadline", "error", "result", "wake")
 
     current_decode = False
     current_encoding = "utf-8"
 
-    def __init__(self, event: _Event, deadline: float) -> None:
+    def __init__(self, deadline: float) -> None:
         self.complete = False
-        self.event = event
+        self.wake: typing.Callable[[], object] = _nothing
+        """Resumes the caller once it waits (see ``_Lowlevel.park``); called once."""
         self.deadline = deadline
         """When it times out, on the :func:`time.monotonic` clock (see ``_Link.expire``)."""
         self.result: ResponseType = None
@@ -992,13 +993,17 @@ class _Reply:
         else:
             self.result = response
         self.complete = True
-        self.event.set()
+        self.wake()
 
     def fail(self, error: BaseException) -> None:
         if not self.complete:
             self.error = error
             self.complete = True
-            self.event.set()
+            self.wake()
+
+
+def _nothing() -> None:
+    """A reply's ``wake`` until its caller waits."""
 
 
 def _deadline_scope(deadline: float) -> contextlib.AbstractContextManager[Any]:
@@ -1130,15 +1135,15 @@ class _Link:
             conn = await self._connect()
         ll = _lowlevel()
         lock = self._write_lock
-        if lock.locked():
-            await lock.acquire()
+        held = lock.locked()
+        if held:
+            await lock.acquire()  # another call's write is still going on
         else:
+            # Nothing yields from here until the write is done, so a write
+            # that completes at once needs no lock; one that does not takes it.
             await ll.checkpoint_if_cancelled()
-            lock.acquire_nowait()
         timeout = conn._stream_timeout
-        reply = _Reply(
-            ll.Event(), math.inf if timeout is None else time.monotonic() + timeout
-        )
+        reply = _Reply(math.inf if timeout is None else time.monotonic() + timeout)
         try:
             try:
                 stream = conn.stream
@@ -1158,6 +1163,9 @@ class _Link:
                     with contextlib.suppress(BlockingIOError):
                         sent = sock.send(data)
                 if sent < len(data):
+                    if not held:
+                        lock.acquire_nowait()
+                        held = True
                     # Nothing has yielded since the checkpoint above, so this
                     # write is cancelled only while the socket buffer is full.
                     with _deadline_scope(
@@ -1169,7 +1177,8 @@ class _Link:
                         msg = f"sending a request took over {timeout} s"
                         raise TimeoutError(msg)
             finally:
-                lock.release()
+                if held:
+                    lock.release()
         except (coredis.exceptions.ConnectionError, TimeoutError):
             raise
         except Exception as exc:
@@ -1180,12 +1189,14 @@ class _Link:
             # Cancelled part-way through a write: the connection is unusable.
             conn.invalidate()
             raise
-        try:
-            await reply.event.wait()
-        except BaseException:
-            if blocking and not reply.complete:
-                conn.invalidate()
-            raise
+        if not reply.complete:  # (it may be, after a write that yielded)
+            reply.wake, wait = ll.park()
+            try:
+                await wait
+            except BaseException:
+                if blocking and not reply.complete:
+                    conn.invalidate()
+                raise
         if reply.error is not None:
             raise reply.error
         return reply.result
