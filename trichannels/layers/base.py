@@ -402,6 +402,36 @@ def _check_delivery(name: str, value: object) -> Delivery:
     return "at-most-once" if value == "at-most-once" else "at-least-once"
 
 
+# --------------------------------------------------------------------------- copies
+
+
+def _clone(value: Any) -> Any:
+    """Deep-copy a decoded (normalised) message value: only dicts and lists are mutable."""
+    t = type(value)
+    if t is dict:
+        return {k: _clone(v) for k, v in value.items()}
+    if t is list:
+        return [_clone(v) for v in value]
+    return value
+
+
+def _clone_deep(message: dict[str, Any]) -> dict[str, Any]:
+    return {k: _clone(v) for k, v in message.items()}
+
+
+def _cloner(message: dict[str, Any]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """How to give one more receiver its own copy of a decoded ``message``, cheaply.
+
+    Valid for what the default (msgpack) serializer produces: nested values
+    are dicts, lists and immutable scalars.
+    """
+    for value in message.values():
+        t = type(value)
+        if t is dict or t is list:
+            return _clone_deep
+    return dict.copy
+
+
 # --------------------------------------------------------------------------- lowlevel
 
 

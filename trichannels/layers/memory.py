@@ -49,6 +49,7 @@ from trichannels.layers.base import (
     LayerStatistics,
     MessageSerializer,
     MsgpackSerializer,
+    _cloner,
     _Lowlevel,
     _lowlevel,
     require_valid_message,
@@ -60,24 +61,6 @@ __all__ = ["InMemoryChannelLayer"]
 _Cloner: TypeAlias = Callable[[dict[str, Any]], dict[str, Any]]
 _Item: TypeAlias = tuple[float, dict[str, Any], _Cloner | None]
 """``(expires_at, message, cloner)``; ``cloner`` is None when the message is the receiver's own."""
-
-
-def _clone(value: Any) -> Any:
-    """Deep-copy an already normalised message value (only dicts and lists are mutable)."""
-    t = type(value)
-    if t is dict:
-        return {k: _clone(v) for k, v in value.items()}
-    if t is list:
-        return [_clone(v) for v in value]
-    return value
-
-
-def _clone_flat(message: dict[str, Any]) -> dict[str, Any]:
-    return message.copy()
-
-
-def _clone_deep(message: dict[str, Any]) -> dict[str, Any]:
-    return {k: _clone(v) for k, v in message.items()}
 
 
 class _Waiter:
@@ -309,11 +292,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         """Prepare one copy for many receivers: each gets its own clone on receipt."""
         if not self._fast_copy:
             return message, self.serializer.copy
-        for value in message.values():
-            t = type(value)
-            if t is dict or t is list:
-                return message, _clone_deep
-        return message, _clone_flat
+        return message, _cloner(message)
 
     # ------------------------------------------------------------------ API
 

@@ -70,6 +70,7 @@ from trichannels.layers.base import (
     MessageSerializer,
     MsgpackSerializer,
     _check_positive_int,
+    _cloner,
     _Event,
     _lowlevel,
 )
@@ -835,31 +836,6 @@ class _Item:
     deadline: float
     message: dict[str, Any]
     entry_id: bytes | None = None
-
-
-def _clone_value(value: Any) -> Any:
-    """Deep-copy a decoded message value (only dicts and lists are mutable)."""
-    kind = type(value)
-    if kind is dict:
-        return {k: _clone_value(v) for k, v in value.items()}
-    if kind is list:
-        return [_clone_value(v) for v in value]
-    return value
-
-
-def _clone_deep(message: dict[str, Any]) -> dict[str, Any]:
-    return {k: _clone_value(v) for k, v in message.items()}
-
-
-def _cloner(
-    message: dict[str, Any],
-) -> typing.Callable[[dict[str, Any]], dict[str, Any]]:
-    """How to copy ``message``, as decoded by the msgpack serializer, for one more receiver."""
-    for value in message.values():
-        kind = type(value)
-        if kind is dict or kind is list:
-            return _clone_deep
-    return dict.copy
 
 
 _HANDOFF_GRACE: Final = 1.0
