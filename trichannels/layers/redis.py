@@ -1921,8 +1921,11 @@ class RedisChannelLayer(BaseChannelLayer):
         local = self._local.get(channel)
         if local is None or self._closed:
             return None
-        items = local.queue.items
-        now = self._now()
+        item = self._pop_live(local.queue.items, self._now())
+        return None if item is None else item.message
+
+    def _pop_live(self, items: deque[_Item], now: float) -> _Item | None:
+        """Take the next live item from a local buffer (counted), skipping markers and expired ones."""
         while items:
             item = items.popleft()
             if item is _WAKE:
@@ -1931,7 +1934,7 @@ class RedisChannelLayer(BaseChannelLayer):
                 self._counters.expired += 1
                 continue
             self._counters.received += 1
-            return item.message
+            return item
         return None
 
     def _new_channel_now(self, prefix: str = "specific.") -> str:
@@ -2135,14 +2138,8 @@ class RedisChannelLayer(BaseChannelLayer):
                 ll = _lowlevel()
                 await ll.checkpoint_if_cancelled()
                 now = self._now()
-                while items:
-                    item = items.popleft()
-                    if item is _WAKE:
-                        continue
-                    if item.deadline < now:
-                        self._counters.expired += 1
-                        continue
-                    self._counters.received += 1
+                item = self._pop_live(items, now)
+                if item is not None:
                     local.last_active = now
                     if local.flagged and len(items) <= local.capacity // 2:
                         local.flagged = False
