@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from tests.test_layers_redis_link import MakeLayer, make_layer, prefix, redis
 from trichannels.exceptions import ChannelFull
@@ -152,6 +153,35 @@ async def test_cancelled_receive_leaves_buffered_messages(
             assert (await receiver.receive(channel))["n"] == 0
             assert (await receiver.receive(channel))["n"] == 1
             assert receiver.statistics().messages_received == 2
+
+
+async def test_parked_receive_cancelled_then_handed_a_message_gives_it_back(
+    make_layer: MakeLayer, nursery: trio.Nursery
+) -> None:
+    """Invariant: a receiver parked on a ``!`` channel whose cancellation was delivered
+    but which has not run yet is not woken by a message arriving meanwhile: the message
+    goes back to the front of the buffer, and the next receive gets it, in order."""
+    with trio.fail_after(10):
+        async with make_layer() as layer:
+            channel = await layer.new_channel()
+            outcome: list[str] = []
+            scope = trio.CancelScope()
+
+            async def receiver() -> None:
+                with scope:
+                    await layer.receive(channel)
+                    outcome.append("received")  # pragma: no cover - must not happen
+                outcome.append("cancelled")
+
+            nursery.start_soon(receiver)
+            await trio.testing.wait_all_tasks_blocked()
+            scope.cancel()  # delivered now; the receiver has not resumed yet
+            await layer.send(channel, {"type": "test.n", "n": 0})  # handed to it
+            await layer.send(channel, {"type": "test.n", "n": 1})
+            await trio.testing.wait_all_tasks_blocked()
+            assert outcome == ["cancelled"]
+            assert (await layer.receive(channel))["n"] == 0
+            assert (await layer.receive(channel))["n"] == 1
 
 
 @pytest.mark.parametrize("peer", [True, False], ids=["through-inbox", "local"])

@@ -846,12 +846,12 @@ _WAKE: Final = _Item(math.inf, {})
 
 
 class _Waiter:
-    """A parked receiver: ``item`` is filled in before ``event`` is set."""
+    """A parked receiver: ``item`` is filled in before ``wake()`` is called (once)."""
 
-    __slots__ = ("event", "item")
+    __slots__ = ("item", "wake")
 
-    def __init__(self, event: _Event) -> None:
-        self.event = event
+    def __init__(self, wake: typing.Callable[[], object]) -> None:
+        self.wake = wake
         self.item: _Item | None = None
 
 
@@ -877,7 +877,7 @@ class _Queue:
         if self.waiters:
             waiter = self.waiters.popleft()
             waiter.item = item
-            waiter.event.set()
+            waiter.wake()
             return True
         if len(self.items) >= self.capacity:
             return False
@@ -891,7 +891,7 @@ class _Queue:
         if self.waiters:
             waiter = self.waiters.popleft()
             waiter.item = item
-            waiter.event.set()
+            waiter.wake()
         else:
             self.items.appendleft(item)
 
@@ -899,7 +899,7 @@ class _Queue:
         while self.waiters:
             waiter = self.waiters.popleft()
             waiter.item = _WAKE
-            waiter.event.set()
+            waiter.wake()
 
     def drain(self) -> list[_Item]:
         items = list(self.items)
@@ -909,15 +909,18 @@ class _Queue:
     async def get(self) -> _Item:
         """The next item, waiting if there is none; cancellation-safe. A checkpoint."""
         ll = _lowlevel()
-        await ll.checkpoint_if_cancelled()
         if self.items:
-            item = self.items.popleft()
+            await ll.checkpoint_if_cancelled()
+            item = self.items.popleft()  # still there: nothing yielded
             await ll.cancel_shielded_checkpoint()
             return item
-        waiter = _Waiter(ll.Event())
+        # Nothing buffered: the wait is the checkpoint (a cancelled caller is
+        # cancelled there and leaves no waiter behind).
+        wake, wait = ll.park()
+        waiter = _Waiter(wake)
         self.waiters.append(waiter)
         try:
-            await waiter.event.wait()
+            await wait
         except BaseException:
             if waiter.item is None:
                 with contextlib.suppress(ValueError):
