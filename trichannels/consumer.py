@@ -51,8 +51,8 @@ from sniffio import thread_local as _sniffio_thread
 from trichannels._validation import short_repr, validate_outgoing
 from trichannels.exceptions import StopConsumer
 from trichannels.sync import (
-    _current_home,
     _join_home,
+    _leave_home,
     _open_home,
     async_to_sync,
     sync_to_async,
@@ -529,9 +529,7 @@ class AsyncConsumer:
                 finally:
                     self._drop_undelivered(layer)
         finally:
-            _current_home.reset(home_reset)
-            home.closed = True
-            if home.used:
+            if _leave_home(home, home_reset):
                 await _join_home(home)  # noqa: ASYNC102 - shielded inside, as ThreadSensitiveContext's exit
         if self._error is not None:
             error, self._error = self._error, None

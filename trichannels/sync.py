@@ -159,8 +159,7 @@ class ThreadSensitiveContext:
         if self._home is not None:
             msg = "this ThreadSensitiveContext is already in use; create a new one"
             raise RuntimeError(msg)
-        self._home = _Home("trichannels-sensitive")
-        self._reset = _current_home.set(self._home)
+        self._home, self._reset = _open_home()
         return self
 
     async def __aexit__(  # noqa: ASYNC910 - no cancel point: never mask the body's exception
@@ -172,21 +171,25 @@ class ThreadSensitiveContext:
         home, reset = self._home, self._reset
         assert home is not None, "exit without enter"
         assert reset is not None, "exit without enter"
-        _current_home.reset(reset)
-        home.closed = True
-        if home.used:
+        if _leave_home(home, reset):
             await _join_home(home)  # noqa: ASYNC102 - shielded inside
 
 
 def _open_home() -> tuple[_Home, contextvars.Token[_Home]]:
-    """Enter a consumer instance's thread-sensitive scope (no checkpoint, no frame).
+    """Enter a thread-sensitive scope without a checkpoint (a consumer instance's
+    first await on the server is its checkpoint).
 
-    The instance's first await on the server is its checkpoint. The caller
-    resets the token, sets ``home.closed`` and, if ``home.used``, awaits
-    :func:`_join_home`, as :class:`ThreadSensitiveContext`'s exit does.
+    Leave it with :func:`_leave_home`, then, if that says so, await :func:`_join_home`.
     """
     home = _Home("trichannels-sensitive")
     return home, _current_home.set(home)
+
+
+def _leave_home(home: _Home, reset: contextvars.Token[_Home]) -> bool:
+    """Leave a scope entered with :func:`_open_home`; True if its thread must be joined."""
+    _current_home.reset(reset)
+    home.closed = True
+    return home.used
 
 
 async def _join_home(home: _Home) -> None:

@@ -41,6 +41,7 @@ from typing import (
     Any,
     ClassVar,
     Final,
+    Generic,
     Literal,
     NamedTuple,
     Protocol,
@@ -81,6 +82,7 @@ Delivery: TypeAlias = Literal["at-most-once", "at-least-once"]
 """Delivery guarantee of a channel; see ``channel_delivery``."""
 
 _V = TypeVar("_V")
+_T = TypeVar("_T")
 _Pattern: TypeAlias = str | re.Pattern[str]
 ChannelPatterns: TypeAlias = Mapping[_Pattern, _V] | Sequence[tuple[_Pattern, _V]]
 """Per-channel settings: ``{pattern: value}`` or ``[(pattern, value), ...]``.
@@ -449,6 +451,16 @@ class _Lowlevel(NamedTuple):
     # park() -> (wake, wait): awaiting ``wait`` blocks the calling task until
     # ``wake()`` (call it once) or a cancellation; an Event without the Event.
     park: Callable[[], tuple[Callable[[], object], Awaitable[None]]]
+
+
+class _Waiter(Generic[_T]):
+    """A receiver parked on a layer's buffer: ``item`` is filled in before ``wake()`` (called once)."""
+
+    __slots__ = ("item", "wake")
+
+    def __init__(self, wake: Callable[[], object]) -> None:
+        self.item: _T | None = None
+        self.wake = wake
 
 
 def _park_on_event() -> tuple[Callable[[], object], Awaitable[None]]:

@@ -52,6 +52,7 @@ from trichannels.layers.base import (
     _cloner,
     _Lowlevel,
     _lowlevel,
+    _Waiter,
     require_valid_message,
 )
 from trichannels.types import Message
@@ -61,16 +62,6 @@ __all__ = ["InMemoryChannelLayer"]
 _Cloner: TypeAlias = Callable[[dict[str, Any]], dict[str, Any]]
 _Item: TypeAlias = tuple[float, dict[str, Any], _Cloner | None]
 """``(expires_at, message, cloner)``; ``cloner`` is None when the message is the receiver's own."""
-
-
-class _Waiter:
-    """A parked receiver: ``item`` is filled in before ``wake()`` is called."""
-
-    __slots__ = ("item", "wake")
-
-    def __init__(self, wake: Callable[[], object]) -> None:
-        self.item: _Item | None = None
-        self.wake = wake
 
 
 def _wake_future(future: asyncio.Future[None]) -> None:
@@ -103,7 +94,7 @@ class _Channel:
         self.name = name
         self.capacity = capacity
         self.queue: deque[_Item] = deque()
-        self.waiters: deque[_Waiter] = deque()
+        self.waiters: deque[_Waiter[_Item]] = deque()
 
 
 @typing.final
@@ -368,7 +359,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
                 return message if cloner is None else cloner(message)  # noqa: ASYNC910
         else:
             ch = self._channels[channel] = _Channel(channel, self.get_capacity(channel))
-        waiter: _Waiter
+        waiter: _Waiter[_Item]
         wait: Awaitable[Any]
         if isinstance(ll, _Lowlevel):
             wake, wait = ll.park()

@@ -73,6 +73,7 @@ from trichannels.layers.base import (
     _cloner,
     _Event,
     _lowlevel,
+    _Waiter,
 )
 from trichannels.types import Message
 
@@ -845,16 +846,6 @@ _WAKE: Final = _Item(math.inf, {})
 """Handed to parked receivers to make them re-check (see ``_wake_receivers``)."""
 
 
-class _Waiter:
-    """A parked receiver: ``item`` is filled in before ``wake()`` is called (once)."""
-
-    __slots__ = ("item", "wake")
-
-    def __init__(self, wake: typing.Callable[[], object]) -> None:
-        self.wake = wake
-        self.item: _Item | None = None
-
-
 class _Queue:
     """A local buffer: FIFO items plus FIFO parked receivers.
 
@@ -870,7 +861,7 @@ class _Queue:
     def __init__(self, capacity: float) -> None:
         self.capacity = capacity
         self.items: deque[_Item] = deque()
-        self.waiters: deque[_Waiter] = deque()
+        self.waiters: deque[_Waiter[_Item]] = deque()
 
     def put_nowait(self, item: _Item) -> bool:
         """Hand ``item`` to the first parked receiver, else queue it; False if full."""
@@ -917,7 +908,7 @@ class _Queue:
         # Nothing buffered: the wait is the checkpoint (a cancelled caller is
         # cancelled there and leaves no waiter behind).
         wake, wait = ll.park()
-        waiter = _Waiter(wake)
+        waiter: _Waiter[_Item] = _Waiter(wake)
         self.waiters.append(waiter)
         try:
             await wait
