@@ -12,10 +12,16 @@ import pytest
 import trio
 import trio.testing
 
-from tests.test_layers_redis_link import MakeLayer, make_layer, prefix, redis
+from tests.test_layers_redis_link import (
+    MakeLayer,
+    _HalfWriter,
+    make_layer,
+    prefix,
+    redis,
+)
 from trichannels.exceptions import ChannelFull
 from trichannels.layers.base import MessageSerializer, MsgpackSerializer
-from trichannels.layers.redis import RedisChannelLayer
+from trichannels.layers.redis import RedisChannelLayer, _ChainedReply, _Link
 
 __all__ = ["make_layer", "prefix", "redis"]
 
@@ -243,3 +249,61 @@ async def test_draining_a_full_buffer_unmarks_it(make_layer: MakeLayer) -> None:
                 if message["type"] == "test.n":  # a test.over may have got in
                     got.append(message["n"])
             assert got == [2, 3, 4]
+
+
+def _inbox_link(layer: RedisChannelLayer) -> _Link:
+    """The link of ``layer``'s inbox reader: the one with a chained read pending."""
+    for link in layer._links:
+        conn = link._conn
+        if conn is not None and any(
+            isinstance(r, _ChainedReply) for r in conn._requests
+        ):
+            return link
+    raise AssertionError("no inbox read is pending")
+
+
+async def test_inbox_reads_chain_in_the_connections_reader_task(
+    make_layer: MakeLayer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under trio the inbox reader task issues one read: every later XREAD is written by
+    the connection's reader task as it routes the previous reply."""
+    calls: list[Any] = []
+    original = _Link.call
+
+    async def call(self: _Link, *command: Any, **options: Any) -> Any:
+        if options.get("then") is not None:
+            calls.append(command[0])
+        return await original(self, *command, **options)
+
+    monkeypatch.setattr(_Link, "call", call)
+    with trio.fail_after(10):
+        async with make_layer() as sender, make_layer() as receiver:
+            channel = await receiver.new_channel()
+            for n in range(30):
+                await sender.send(channel, {"type": "test.n", "n": n})
+                assert (await receiver.receive(channel))["n"] == n
+            stats = receiver.redis_statistics()
+    # One chained read per instance (sender and receiver each have an inbox).
+    assert calls == [b"XREAD", b"XREAD"]
+    assert stats.reconnects == 0
+
+
+async def test_inbox_read_written_in_part_reconnects_and_loses_nothing(
+    make_layer: MakeLayer,
+) -> None:
+    """The reader task wrote half of the next XREAD: the connection is dropped, the inbox
+    reader reconnects and reads on from its cursor, so every message arrives, in order."""
+    with trio.fail_after(10):
+        async with make_layer() as sender, make_layer() as receiver:
+            channel = await receiver.new_channel()
+            await sender.send(channel, {"type": "test.n", "n": -1})
+            assert (await receiver.receive(channel))["n"] == -1
+            link = _inbox_link(receiver)
+            first = link._conn
+            link._sock = _HalfWriter(link._sock)  # type: ignore[assignment]
+            for n in range(20):
+                await sender.send(channel, {"type": "test.n", "n": n})
+            got = [(await receiver.receive(channel))["n"] for _ in range(20)]
+            assert got == list(range(20))
+            assert receiver.redis_statistics().reconnects == 1
+            assert _inbox_link(receiver)._conn is not first

@@ -114,17 +114,28 @@ async def test_link_reply_of_a_cancelled_call_is_not_given_to_the_next(
         assert await link.call(b"ECHO", b"mine") == b"mine"
 
 
+@pytest.mark.parametrize("chained", [False, True], ids=["direct", "chained"])
 async def test_link_cancelled_blocking_call_closes_its_connection(
-    redis: coredis.Redis[bytes], prefix: str
+    redis: coredis.Redis[bytes], prefix: str, chained: bool
 ) -> None:
-    """``blocking=True``: the cancelled read's connection is dropped, so the next call is not stuck behind it."""
+    """``blocking=True``: the cancelled read's connection is dropped, so the next call is
+    not stuck behind it; also when the read was sent by the reader task (``then``)."""
     link = _Link(redis)
     await link.call(b"PING")
     first = link._conn
-    with trio.move_on_after(0.05):
-        await link.call(
-            b"XREAD", b"BLOCK", 10_000, b"STREAMS", f"{prefix}:s", b"$", blocking=True
-        )
+    read = (b"XREAD", b"BLOCK", 10_000, b"STREAMS", f"{prefix}:s", b"$")
+    seen: list[Any] = []
+
+    def then(reply: Any) -> tuple[Any, ...]:
+        seen.append(reply)
+        return read
+
+    with trio.move_on_after(0.2):
+        if chained:
+            await link.call(b"PING", blocking=True, then=then)
+        else:
+            await link.call(*read, blocking=True)
+    assert seen == ([b"PONG"] if chained else [])
     with trio.fail_after(2):  # would wait ~10 s behind the XREAD
         assert await link.call(b"PING") == b"PONG"
     assert link._conn is not first
@@ -174,6 +185,155 @@ async def test_link_expire_fails_overdue_replies_and_reconnects(
         assert len(outcome) == 1
         assert "no reply from Redis within 5" in str(outcome[0])
         assert await link.call(b"PING") == b"PONG"
+    assert link._conn is not first
+
+
+class _HalfWriter:
+    """Stands in for a link's socket: writes the first half of the next ``send`` through
+    the real socket and reports that, as a full socket buffer would; then passes
+    everything through. (The kernel gives no way to force a partial write on demand.)"""
+
+    def __init__(self, sock: Any) -> None:
+        self.sock = sock
+        self.armed = True
+
+    def send(self, data: bytes) -> int:
+        if self.armed:
+            self.armed = False
+            return int(self.sock.send(data[: len(data) // 2]))
+        return int(self.sock.send(data))
+
+    def fileno(self) -> int:
+        return int(self.sock.fileno())
+
+
+async def test_link_then_chains_commands_without_waking_the_caller(
+    redis: coredis.Redis[bytes], prefix: str
+) -> None:
+    """``then`` sends the next command from the reader task; the caller gets the last reply."""
+    link = _Link(redis)
+    key = f"{prefix}:n"
+    seen: list[Any] = []
+
+    def then(reply: Any) -> tuple[bytes, str] | None:
+        seen.append(reply)
+        return (b"INCR", key) if reply < 5 else None
+
+    with trio.fail_after(5):
+        assert await link.call(b"INCR", key, then=then) == 5
+    assert seen == [1, 2, 3, 4, 5]
+    assert await link.call(b"GET", key) == b"5"
+
+
+async def test_link_then_fallback_returns_the_reply_that_asked_for_more(
+    redis: coredis.Redis[bytes], prefix: str
+) -> None:
+    """No plain socket to write to at once (TLS, asyncio): the reader task writes nothing."""
+    link = _Link(redis)
+    await link.call(b"PING")
+    sock = link._sock
+    key = f"{prefix}:n"
+    seen: list[Any] = []
+
+    def then(reply: Any) -> tuple[bytes, str]:
+        seen.append(reply)
+        link._sock = None  # as on a TLS stream
+        return (b"INCR", key)
+
+    with trio.fail_after(5):
+        assert await link.call(b"INCR", key, then=then) == 1
+        link._sock = sock
+        assert seen == [1]
+        assert await link.call(b"GET", key) == b"1"  # the INCR asked for was not sent
+
+
+async def test_link_chained_writes_never_interleave_with_a_large_write(
+    redis: coredis.Redis[bytes], prefix: str
+) -> None:
+    """Chained commands while another task writes 8 MB values in part: every chained INCR
+    runs exactly once (one that could not be written then is sent by the caller) and the
+    large values arrive intact."""
+    link = _Link(redis)
+    await link.call(b"PING")
+    key = f"{prefix}:n"
+    big = secrets.token_bytes(1 << 20) * 8
+    total = 300
+
+    def then(reply: Any) -> tuple[bytes, str] | None:
+        return (b"INCR", key) if reply < total else None
+
+    async def counter() -> None:
+        n = 0
+        while n < total:
+            n = await link.call(b"INCR", key, then=then)  # type: ignore[assignment]
+
+    async def writer() -> None:
+        for i in range(3):
+            await link.call(b"SET", f"{prefix}:big{i}", big)
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(counter)
+            nursery.start_soon(writer)
+        assert await link.call(b"GET", key) == str(total).encode()
+        for i in range(3):
+            assert await link.call(b"GET", f"{prefix}:big{i}") == big
+
+
+async def test_link_then_exception_is_raised_in_the_caller(
+    redis: coredis.Redis[bytes], prefix: str
+) -> None:
+    """An exception from ``then`` reaches the caller; the connection's reader survives it."""
+    link = _Link(redis)
+
+    def then(reply: Any) -> None:
+        raise ValueError(f"bad reply {reply!r}")
+
+    with trio.fail_after(5):
+        with pytest.raises(ValueError, match="bad reply b'PONG'"):
+            await link.call(b"PING", then=then)
+        conn = link._conn
+        assert await link.call(b"ECHO", b"still") == b"still"
+    assert link._conn is conn
+
+
+async def test_link_then_is_not_given_an_error_reply(
+    redis: coredis.Redis[bytes], prefix: str
+) -> None:
+    """A command that fails raises its error in the caller; ``then`` never sees it."""
+    link = _Link(redis)
+    key = f"{prefix}:text"
+    await link.call(b"SET", key, b"abc")
+    seen: list[Any] = []
+
+    def then(reply: Any) -> None:
+        seen.append(reply)
+
+    with trio.fail_after(5), pytest.raises(coredis.exceptions.ResponseError):
+        await link.call(b"INCR", key, then=then)
+    assert seen == []
+
+
+async def test_link_chained_write_taken_in_part_drops_the_connection(
+    redis: coredis.Redis[bytes], prefix: str
+) -> None:
+    """Half a chained command written: the caller gets a ConnectionError and the next
+    call reconnects, so nothing is written after half a command."""
+    link = _Link(redis)
+    await link.call(b"PING")
+    first = link._conn
+    key = f"{prefix}:n"
+
+    def then(reply: Any) -> tuple[bytes, str] | None:
+        if reply == b"PONG":
+            link._sock = _HalfWriter(link._sock)  # type: ignore[assignment]
+            return (b"INCR", key)
+        return None
+
+    with trio.fail_after(5):
+        with pytest.raises(coredis.exceptions.ConnectionError, match="written in part"):
+            await link.call(b"PING", then=then)
+        assert await link.call(b"GET", key) is None  # half an INCR never ran
     assert link._conn is not first
 
 

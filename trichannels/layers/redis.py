@@ -972,6 +972,50 @@ class _Reply:
             self.wake()
 
 
+class _Chain:
+    """The replies of one :meth:`_Link.call` made with ``then``: each reply's handler runs in
+    the connection's reader task and may write the next command there, so the caller's
+    task sleeps through a whole series of commands (see :meth:`_Link.call`)."""
+
+    __slots__ = ("current", "link", "then")
+
+    def __init__(
+        self,
+        link: _Link,
+        then: typing.Callable[[ResponseType], Sequence[str | bytes | float] | None],
+    ) -> None:
+        self.link = link
+        self.then = then
+        self.current: _ChainedReply  # set by each new reply
+        """The reply the chain is waiting for, or the last one it got."""
+
+
+class _ChainedReply(_Reply):
+    """A reply of a :class:`_Chain`: handed to ``then`` in the reader task, which returns
+    the next command (written at once, its reply handled the same way) or None (the
+    caller's task is woken with this reply). An error reply, an exception raised by
+    ``then``, or a next command that cannot be written at once also wakes the caller."""
+
+    __slots__ = ("chain",)
+
+    def __init__(self, deadline: float, chain: _Chain) -> None:
+        super().__init__(deadline)
+        self.chain = chain
+        chain.current = self
+
+    def consume(self, response: ResponseType | BaseException) -> None:
+        if not isinstance(response, BaseException):
+            try:
+                command = self.chain.then(response)
+            except Exception as exc:  # raised in the caller's task, not the reader's
+                response = exc
+            else:
+                if command is not None and self.chain.link._chain(command, self):
+                    self.complete = True  # its successor wakes the caller
+                    return
+        super().consume(response)
+
+
 def _nothing() -> None:
     """A reply's ``wake`` until its caller waits."""
 
@@ -1091,7 +1135,11 @@ class _Link:
             return conn
 
     async def call(
-        self, *command: str | bytes | float, blocking: bool = False
+        self,
+        *command: str | bytes | float,
+        blocking: bool = False,
+        then: typing.Callable[[ResponseType], Sequence[str | bytes | float] | None]
+        | None = None,
     ) -> ResponseType:
         """Send ``command`` (name first) and return its raw reply. A checkpoint.
 
@@ -1099,6 +1147,15 @@ class _Link:
         ``blocking``: a command that waits server-side (``XREAD BLOCK``);
         cancelling it while it waits closes the connection, as the reply
         would otherwise hold up every command queued behind it.
+
+        ``then``: called with each successful reply in the connection's reader
+        task; it returns the next command to send, or None to return. The next
+        command is written right there when the socket takes it at once (under
+        trio, on a plain socket), and its reply goes to ``then`` in turn, so the
+        calling task is not woken between the commands of a series. Otherwise
+        (or when ``then`` returns None, raises, or a reply is an error) the call
+        returns the last reply or raises; the caller then sends the command that
+        ``then`` returned, if any, itself. ``then`` must not block or await.
         """
         conn = self._conn
         if conn is None or not conn.usable:
@@ -1113,7 +1170,9 @@ class _Link:
             # that completes at once needs no lock; one that does not takes it.
             await ll.checkpoint_if_cancelled()
         timeout = conn._stream_timeout
-        reply = _Reply(math.inf if timeout is None else time.monotonic() + timeout)
+        deadline = math.inf if timeout is None else time.monotonic() + timeout
+        chain = None if then is None else _Chain(self, then)
+        reply = _Reply(deadline) if chain is None else _ChainedReply(deadline, chain)
         try:
             try:
                 stream = conn.stream
@@ -1159,17 +1218,66 @@ class _Link:
             # Cancelled part-way through a write: the connection is unusable.
             conn.invalidate()
             raise
+        if chain is not None:
+            reply = chain.current  # (a successor, after a write that yielded)
         if not reply.complete:  # (it may be, after a write that yielded)
-            reply.wake, wait = ll.park()
+            reply.wake, wait = ll.park()  # a successor takes the wake over
             try:
                 await wait
             except BaseException:
+                if chain is not None:
+                    reply = chain.current
                 if blocking and not reply.complete:
                     conn.invalidate()
                 raise
+            if chain is not None:
+                reply = chain.current
         if reply.error is not None:
             raise reply.error
         return reply.result
+
+    def _chain(
+        self, command: Sequence[str | bytes | float], prev: _ChainedReply
+    ) -> bool:
+        """In the reader task: write ``command``, its reply to be handled as ``prev``'s was.
+
+        Only when the whole command goes into the socket buffer at once, with no other
+        write under way. False: nothing was written; ``prev``'s caller is woken and
+        writes the command itself. A write that took part of the command drops the
+        connection (nothing may follow half a command): the new reply fails with a
+        ``ConnectionError``, which wakes the caller.
+        """
+        conn = self._conn
+        sock = self._sock
+        if (
+            sock is None
+            or conn is None
+            or not conn.usable
+            or conn.stream is None
+            or self._write_lock.locked()
+        ):
+            return False
+        data = b"".join(
+            conn._packer.pack_command(cast("bytes", command[0]), *command[1:])
+        )
+        try:
+            sent = sock.send(data)
+        except OSError:  # BlockingIOError: nothing written; others: call() reports them
+            return False
+        timeout = conn._stream_timeout
+        reply = _ChainedReply(
+            math.inf if timeout is None else time.monotonic() + timeout, prev.chain
+        )
+        reply.wake = prev.wake
+        conn._requests.append(reply)  # type: ignore[arg-type]
+        if sent < len(data):
+            conn.invalidate()
+            reply.fail(
+                coredis.exceptions.ConnectionError(
+                    f"a request was written in part ({sent} of {len(data)} bytes)"
+                )
+            )
+        return True
 
     def connected(self) -> bool:
         """True if a call would not have to (re)connect first."""
@@ -1496,6 +1604,10 @@ class RedisChannelLayer(BaseChannelLayer):
         self._trim_to: bytes | None = None
         self._untrimmed = 0
         self._inbox_floor: tuple[int, int] | None = None
+        self._inbox_cursor = b"0-0"
+        """The ID of the last inbox entry read."""
+        self._inbox_failures = 0
+        self._inbox_block_ms = max(1, int(self.block_time * 1000))
         self._flush_epoch = 0
         self._flag_changes: dict[str, bool] = {}
         self._pending_acks: dict[str, list[bytes]] = {}
@@ -2532,10 +2644,7 @@ class RedisChannelLayer(BaseChannelLayer):
         Supports ``TaskGroup.start``: started once its connection works.
         """
         shard = self._inbox_shard
-        cursor = b"0-0"
-        failures = 0
         started = False
-        block_ms = max(1, int(self.block_time * 1000))
         while True:
             error: BaseException | None = None
             try:
@@ -2551,28 +2660,14 @@ class RedisChannelLayer(BaseChannelLayer):
                             started = True
                         self._note_up("inbox", shard)
                         while True:
-                            reply = await link.call(
-                                b"XREAD",
-                                b"COUNT",
-                                100,
-                                b"BLOCK",
-                                block_ms,
-                                b"STREAMS",
-                                self._inbox_key,
-                                cursor,
+                            # Each reply is routed by _inbox_reply in the connection's
+                            # reader task, which sends the next XREAD itself when it
+                            # can: this task wakes only when it could not.
+                            await link.call(
+                                *self._inbox_read(),
                                 blocking=True,
+                                then=self._inbox_reply,
                             )
-                            self._note_up("inbox", shard)
-                            failures = 0
-                            if reply:
-                                entries = next(
-                                    iter(cast("dict[bytes, list[Any]]", reply).values())
-                                )
-                                cursor = self._route_inbox(entries)
-                                self._trim_to = _next_id(cursor)
-                                self._untrimmed += len(entries)
-                                if self._untrimmed >= 64:
-                                    self._wake()
                     except _REDIS_ERRORS as exc:
                         error = exc
                     finally:
@@ -2584,8 +2679,41 @@ class RedisChannelLayer(BaseChannelLayer):
                 assert error is not None
                 raise self._connection_error(shard, "connecting", error) from error
             self._note_down("inbox", shard, error)
-            await anyio.sleep(_backoff(failures))
-            failures += 1
+            await anyio.sleep(_backoff(self._inbox_failures))
+            self._inbox_failures += 1
+
+    def _inbox_read(self) -> tuple[bytes, bytes, int, bytes, int, bytes, str, bytes]:
+        """The inbox's next blocking ``XREAD``, from the cursor on."""
+        return (
+            b"XREAD",
+            b"COUNT",
+            100,
+            b"BLOCK",
+            self._inbox_block_ms,
+            b"STREAMS",
+            self._inbox_key,
+            self._inbox_cursor,
+        )
+
+    def _inbox_reply(
+        self, reply: ResponseType
+    ) -> tuple[bytes, bytes, int, bytes, int, bytes, str, bytes]:
+        """Route an inbox ``XREAD`` reply; the next ``XREAD`` (a ``then`` of ``_Link.call``).
+
+        Runs in the inbox connection's reader task. Entries routed here are in
+        local buffers before the next read is sent, so none is lost if it fails.
+        """
+        self._note_up("inbox", self._inbox_shard)
+        self._inbox_failures = 0
+        if reply:
+            entries = next(iter(cast("dict[bytes, list[Any]]", reply).values()))
+            cursor = self._route_inbox(entries)
+            self._inbox_cursor = cursor
+            self._trim_to = _next_id(cursor)
+            self._untrimmed += len(entries)
+            if self._untrimmed >= 64:
+                self._wake()
+        return self._inbox_read()
 
     def _route_inbox(self, entries: Sequence[tuple[bytes, Any]]) -> bytes:
         now_ms = self._server_now_ms()
