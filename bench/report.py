@@ -68,6 +68,14 @@ def normalise(rec: dict[str, Any]) -> dict[str, Any]:
     return rec
 
 
+def redis_note(recs: list[dict[str, Any]]) -> str:
+    """Where the run's Redis server ran (``redis_pinned`` records it since run 20261122-1515)."""
+    note = next((r["note"] for r in recs if r.get("kind") == "redis_pinning"), None)
+    if note is None:
+        return "Redis was not pinned (this run predates the pinning)."
+    return note.rstrip(".") + "."
+
+
 def load_runs() -> dict[str, list[dict[str, Any]]]:
     runs: dict[str, list[dict[str, Any]]] = {}
     for path in sorted(RESULTS.glob("run-*.jsonl")):
@@ -889,7 +897,8 @@ def main() -> None:
             )
             out.append(
                 "**Maximum**: 10 of the clients each keep one message in flight (send, wait for their own copy, send "
-                "again); a delivery is one message arriving at one client; latency is send → arrival at each client.\n"
+                "again); a delivery is one message arriving at one client; latency is send → arrival at each client. "
+                f"{redis_note(recs)}\n"
             )
             out.append(ws_table(recs, "S2", "max", "deliveries/s") + "\n")
             out.append(
@@ -909,7 +918,7 @@ def main() -> None:
                 "plain (worker) channel name, through Redis. `group`: `group_send` to 100 members, then `receive` "
                 "on each (ours delivers copies to the sender's own channels in process); `group-peer`: the members "
                 "belong to a second instance, so every delivery crosses Redis. The Redis targets apply to the "
-                "through-Redis rows. Pinned to the server core; Redis runs unpinned.\n"
+                f"through-Redis rows. The layer's process is pinned to the server core; {redis_note(recs)}\n"
             )
             out.append(s3_table(recs) + "\n")
         elif sc == "S4":

@@ -21,7 +21,7 @@ Scenarios (see bench/README.md for the method):
   S5  HTTP AsyncHttpConsumer small response under wrk (32 connections)
   S6  20,000 connect/disconnect cycles: connections/s, RSS before/after
 
-Servers are pinned to core 0 and load generators to core 1 (``taskset``); per
+Servers are pinned to core 0, load generators and a local Redis server to core 1; per
 scenario each round runs every target once, in the same order (A B C A B C ...), each
 with its own warm-up before a bounded measured window. Server CPU seconds are read
 from /proc/<pid>/stat at the window's edges. Every measurement is appended as a JSON
@@ -65,6 +65,7 @@ from servers import (
     Server,
     library_version,
     machine,
+    redis_pinned,
     versions,
 )
 
@@ -631,6 +632,22 @@ def preflight() -> list[str]:
     return problems
 
 
+def run_scenarios(ctx: Ctx, scenarios: list[str]) -> None:
+    """Run each scenario in turn, recording its start, end and the library version."""
+    for s in scenarios:
+        lib = library_version()
+        ctx.log(f"== {s} == (trichannels {lib})")
+        ctx.record(kind="scenario_start", scenario=s, trichannels=lib)
+        t = time.monotonic()
+        SCENARIOS[s](ctx)
+        ctx.record(
+            kind="scenario_done",
+            scenario=s,
+            seconds=time.monotonic() - t,
+            loadavg=os.getloadavg(),
+        )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -721,18 +738,12 @@ def main() -> int:
                 f"  {client:22s} {fmt_rate(res['rate']):>7s} msgs/s at {res.get('client_util', 0):.0%} of its core "
                 f"({res['client_us_per_msg']:.1f} µs/msg -> ceiling {fmt_rate(res['client_ceiling'])} msgs/s)"
             )
-    for s in scenarios:
-        lib = library_version()
-        ctx.log(f"== {s} == (trichannels {lib})")
-        ctx.record(kind="scenario_start", scenario=s, trichannels=lib)
-        t = time.monotonic()
-        SCENARIOS[s](ctx)
-        ctx.record(
-            kind="scenario_done",
-            scenario=s,
-            seconds=time.monotonic() - t,
-            loadavg=os.getloadavg(),
-        )
+    with contextlib.ExitStack() as stack:
+        if not args.no_redis and {"S2", "S3"} & set(scenarios):
+            pinning = stack.enter_context(redis_pinned(REDIS_URL))
+            ctx.log(pinning)
+            ctx.record(kind="redis_pinning", note=pinning)
+        run_scenarios(ctx, scenarios)
     ctx.record(kind="done", seconds=time.monotonic() - ctx.t0, skipped=ctx.skipped)
     ctx.log(
         f"done in {(time.monotonic() - ctx.t0) / 60:.1f} min; results in {ctx.out.relative_to(ROOT)}"
