@@ -313,3 +313,87 @@ async def test_hosted_layer_reader_is_awaited_and_cancelled_with_its_instance() 
                 assert not consumer._layer_reading
         finally:
             channel_layers.set("default", previous)
+
+
+class Halt(BaseException):
+    """Not an Exception, as KeyboardInterrupt and SystemExit are not."""
+
+
+@pytest.mark.parametrize("where", ["child", "layer", "spare"])
+async def test_base_exception_in_a_hosted_task_ends_its_instance_not_the_host(
+    where: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A BaseException that is not a cancellation (KeyboardInterrupt, SystemExit) raised
+    in a task the instance runs in its host leaves through the instance's own call, as
+    from an instance with a task group of its own: the host, and the other instances it
+    hosts, go on (the host is the server's lifespan, which holds the channel layers)."""
+    from trichannels.layers import channel_layers
+    from trichannels.layers.memory import InMemoryChannelLayer
+
+    class Halting(Stuck):
+        channel_layer_alias = "default"
+
+        async def websocket_connect(self, message: Message) -> None:
+            await self.send({"type": "websocket.accept"})
+            await self.send({"type": "websocket.send", "text": self.channel_name})
+
+        async def websocket_receive(self, message: Message) -> None:
+            if message["text"] == "child":
+                self.start_soon(self.halt)
+            elif message["text"] == "halt":
+                raise Halt
+            elif message["text"] == "slow":
+                await anyio.sleep(1)
+            else:
+                await super().websocket_receive(message)
+
+        async def halt(self, event: Message | None = None) -> None:
+            raise Halt
+
+        async def do_halt(self, event: Message) -> None:
+            raise Halt
+
+    async with InMemoryChannelLayer() as layer:
+        previous = channel_layers.set("default", layer)
+        try:
+            halting, bystander = Halting(), Halting()
+            async with handler_watchdog():
+                watchdog = _find_watchdog()
+                async with ApplicationCommunicator(bystander, SCOPE) as other:
+                    await other.send_input({"type": "websocket.connect"})
+                    await other.receive_output()
+                    await other.receive_output()
+                    # The communicator lets a BaseException through, as a server does.
+                    with pytest.RaisesGroup(Halt):
+                        async with ApplicationCommunicator(halting, SCOPE) as comm:
+                            await comm.send_input({"type": "websocket.connect"})
+                            await comm.receive_output()
+                            channel = (await comm.receive_output())["text"]
+                            if where == "child":
+                                await comm.send_input(
+                                    {"type": "websocket.receive", "text": "child"}
+                                )
+                            elif where == "layer":
+                                await layer.send(channel, {"type": "do.halt"})
+                            else:  # a handler run by the spare the watchdog started
+                                await comm.send_input(
+                                    {"type": "websocket.receive", "text": "slow"}
+                                )
+                                await trio.sleep(0.5)
+                                assert halting._spare_running
+                                await trio.sleep(1)  # the slow handler is done:
+                                # the spare reads now, and runs what it reads.
+                                await comm.send_input(
+                                    {"type": "websocket.receive", "text": "halt"}
+                                )
+                            await comm.wait(timeout=5)
+                    assert halting._hosted == 0
+                    assert _find_watchdog() is watchdog  # the host goes on
+                    await other.send_input({"type": "websocket.receive", "text": "on"})
+                    assert (await other.receive_output())["text"] == "on"
+                    await other.send_input(
+                        {"type": "websocket.disconnect", "code": 1000}
+                    )
+                    await other.wait(timeout=5)
+        finally:
+            channel_layers.set("default", previous)

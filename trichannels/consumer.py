@@ -368,7 +368,7 @@ class AsyncConsumer:
     # only what it changes (less to write per connection, a smaller __dict__).
     channel_layer: BaseChannelLayer | None = None
     _task_group: TaskGroup | None = None
-    _error: Exception | None = None
+    _error: BaseException | None = None
     _stopping = False
     _disconnect_message: Message | None = None
     _stopped = False
@@ -659,10 +659,38 @@ class AsyncConsumer:
                     await fn(*args)
                 finally:
                     scopes.discard(scope)
+        except anyio.get_cancelled_exc_class():
+            raise  # the host's: it goes on there
+        except BaseException as exc:
+            if not self._keep_from_host(exc):
+                raise
         finally:
             self._hosted -= 1
             if self._hosted == 0:
                 self._wake_joiner()
+
+    def _keep_from_host(self, exc: BaseException) -> bool:
+        """Take over ``exc``, ending a task this instance runs in its host, if it must not reach the host.
+
+        Exceptions go to :meth:`_fail` inside the tasks, and a cancellation
+        comes from the host and goes on there (the callers re-raise it). What
+        is left is a BaseException such as KeyboardInterrupt or SystemExit,
+        which must not reach the host: its task group holds every hosted
+        instance and, under a server, the lifespan with the channel layers.
+        The instance ends and its ``__call__`` raises it (True), in the server's
+        task for this connection, as an instance with a task group of its own
+        does. False (not hosted, or a group that holds a cancellation): the
+        caller re-raises it.
+        """
+        if self._host is None or (
+            isinstance(exc, BaseExceptionGroup)
+            and exc.subgroup(anyio.get_cancelled_exc_class()) is not None
+        ):
+            return False
+        if self._error is None:
+            self._error = exc
+        self._stop()
+        return True
 
     def _cancel_tasks(self) -> None:
         """Cancel every task of the instance, its own included (as a task group's cancel)."""
@@ -750,6 +778,11 @@ class AsyncConsumer:
                         self._agents.remove(agent)
                         self._spare_running = False
             self._agent_done(agent)
+        except anyio.get_cancelled_exc_class():
+            raise  # the host's (or the task group's): it goes on there
+        except BaseException as exc:
+            if not (spare and self._keep_from_host(exc)):
+                raise
         finally:
             if spare:
                 self._agent_task_ended()
@@ -835,6 +868,11 @@ class AsyncConsumer:
                 except Exception as exc:
                     self._fail(exc)
             self._agent_done(agent)
+        except anyio.get_cancelled_exc_class():
+            raise  # the host's: it goes on there
+        except BaseException as exc:
+            if not self._keep_from_host(exc):
+                raise
         finally:
             self._layer_reading = False
             if self._layer_done is not None:
