@@ -69,7 +69,7 @@ def normalise(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 def redis_note(recs: list[dict[str, Any]]) -> str:
-    """Where the run's Redis server ran (``redis_pinned`` records it since run 20261122-1515)."""
+    """Where the run's Redis server ran (``redis_pinned`` records it since run 20261122-151113)."""
     note = next((r["note"] for r in recs if r.get("kind") == "redis_pinning"), None)
     if note is None:
         return "Redis was not pinned (this run predates the pinning)."
