@@ -932,10 +932,16 @@ class _PendingSend:
     capacity: int
     target: str
     body: bytes
-    done: _Event = attrs.field(factory=lambda: _lowlevel().Event())
+    done: _Event | None = None
+    """Set once the batcher has sent it: made only for a send that goes through the batcher."""
     taken: bool = False
     status: int | None = None
     error: BaseException | None = None
+
+    def finish(self) -> None:
+        """Wake its sender (queued for the batcher, so ``done`` exists)."""
+        if self.done is not None:
+            self.done.set()
 
 
 class _Reply:
@@ -1058,24 +1064,32 @@ async def _read_replies(conn: BaseConnection) -> None:  # noqa: ASYNC910 - a tas
     a plain socket it waits for readability and then reads, instead of trying a read
     that fails first."""
     sock = _raw_socket(conn)
+    lost: tuple[type[BaseException], ...] = (
+        anyio.EndOfStream,
+        anyio.ClosedResourceError,
+        anyio.BrokenResourceError,
+        OSError,
+    )
+    wait_readable: Any = None
+    if sock is not None:
+        # Under trio (see _raw_socket): trio's own wait, without anyio's backend
+        # lookup and exception translation on every read.
+        trio: Any = sys.modules["trio"]
+        wait_readable = trio.lowlevel.wait_readable
+        lost += (trio.ClosedResourceError,)
     while (stream := conn.stream) is not None:
         try:
             if sock is None:
                 data = await stream.receive()
             else:
-                await anyio.wait_readable(sock)
+                await wait_readable(sock)
                 try:
                     data = sock.recv(65536)
                 except BlockingIOError:
                     continue
                 if not data:
                     raise anyio.EndOfStream
-        except (
-            anyio.EndOfStream,
-            anyio.ClosedResourceError,
-            anyio.BrokenResourceError,
-            OSError,
-        ) as err:
+        except lost as err:
             conn._transport_failed = True
             msg = "Connection lost while receiving response"
             raise coredis.exceptions.ConnectionError(msg) from err
@@ -1921,7 +1935,7 @@ class RedisChannelLayer(BaseChannelLayer):
             while shard.queue:
                 item = shard.queue.popleft()
                 item.error = anyio.ClosedResourceError("RedisChannelLayer is closed")
-                item.done.set()
+                item.finish()
         lost = 0
         for local in self._local.values():
             lost += len(local.queue.items)
@@ -2059,7 +2073,8 @@ class RedisChannelLayer(BaseChannelLayer):
         """
         self._check_open()
         channel = self.require_valid_channel_name(channel)
-        if self._is_local(channel):
+        owner = _inbox_id(channel) if "!" in channel else None
+        if owner == self._proc and self.local_delivery:
             plain = self._serialize(self.require_valid_message(message))
             await (
                 anyio.lowlevel.checkpoint()
@@ -2068,8 +2083,8 @@ class RedisChannelLayer(BaseChannelLayer):
             self._put_local(channel, plain)
             return
         body = self._encode(self.require_valid_message(message))
-        shard = self._shard_for(channel)
-        item = self._pending(channel, body)
+        shard = self._shards[self._ring.lookup(channel if owner is None else owner)]
+        item = self._pending(channel, body, owner)
         if not shard.queue and not shard.in_flight:
             # Nothing else is being sent: go straight to Redis, no batcher hop.
             shard.in_flight += 1
@@ -2078,6 +2093,7 @@ class RedisChannelLayer(BaseChannelLayer):
             finally:
                 shard.in_flight -= 1
         else:
+            item.done = _lowlevel().Event()
             shard.queue.append(item)
             shard.wakeup.set()
             try:
@@ -2089,10 +2105,13 @@ class RedisChannelLayer(BaseChannelLayer):
                 raise
         self._finish_send(channel, item)
 
-    def _pending(self, channel: str, body: bytes) -> _PendingSend:
+    def _pending(
+        self, channel: str, body: bytes, owner: str | None = None
+    ) -> _PendingSend:
+        """What a send queues; ``owner``: the process of a ``!`` channel, if known."""
         if "!" in channel:
             return _PendingSend(
-                key=f"{self.prefix}:{{p:{_inbox_id(channel)}}}:in",
+                key=f"{self.prefix}:{{p:{owner or _inbox_id(channel)}}}:in",
                 kind="i",
                 capacity=self.inbox_capacity,
                 target=channel,
@@ -2141,18 +2160,18 @@ class RedisChannelLayer(BaseChannelLayer):
                     for item in batch:
                         item.error = LayerConnectionError(*exc.args)
                         item.error.__cause__ = exc.__cause__
-                        item.done.set()
+                        item.finish()
                 except BaseException:
                     for item in batch:
                         item.error = anyio.ClosedResourceError(
                             "RedisChannelLayer is closed"
                         )
-                        item.done.set()
+                        item.finish()
                     raise
                 else:
                     for item, status in zip(batch, statuses, strict=True):
                         item.status = status
-                        item.done.set()
+                        item.finish()
                 finally:
                     shard.in_flight -= 1
 
