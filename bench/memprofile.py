@@ -11,6 +11,9 @@ innermost frame that belongs to a named part (trichannels module, Hypercorn,
 wsproto, h11, trio, anyio, ...), and the top allocation sites. RSS also includes
 the allocator's overhead and the kernel's socket buffers, which tracemalloc does
 not see; the report gives both.
+
+The report is printed and written to ``results/profiles/mem-<app>.md`` (the numbers
+also to ``mem-<app>.json``).
 """
 
 from __future__ import annotations
@@ -169,25 +172,22 @@ def main() -> None:
             await serve(application, config)
 
     trio.run(run)
-    print(
-        f"## {report['app']}: {report['clients']} idle WebSockets on Hypercorn-trio (tracemalloc)\n"
-    )
-    print(
+    lines = [
+        f"## {report['app']}: {report['clients']} idle WebSockets on Hypercorn-trio (tracemalloc)\n",
         f"RSS per connection {report['rss_per_conn'] / 1024:.1f} KB (inflated by tracemalloc's own bookkeeping); Python allocations alive per connection "
-        f"{report['traced_per_conn'] / 1024:.1f} KB\n"
-    )
-    print("| owner (innermost named frame) | bytes per connection |\n|---|---|")
-    for k, v in report["by_part"].items():
-        if v >= 16:
-            print(f"| {k} | {v:,.0f} |")
-    print("\n| allocation site (owner) | bytes per connection |\n|---|---|")
-    for k, v in report["top_sites"].items():
-        if v >= 16:
-            print(f"| `{k}` | {v:,.0f} |")
+        f"{report['traced_per_conn'] / 1024:.1f} KB\n",
+        "| owner (innermost named frame) | bytes per connection |\n|---|---|",
+        *(f"| {k} | {v:,.0f} |" for k, v in report["by_part"].items() if v >= 16),
+        "\n| allocation site (owner) | bytes per connection |\n|---|---|",
+        *(f"| `{k}` | {v:,.0f} |" for k, v in report["top_sites"].items() if v >= 16),
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
     (BENCH / "results" / "profiles").mkdir(parents=True, exist_ok=True)
     (BENCH / "results" / "profiles" / f"mem-{args.app}.json").write_text(
         json.dumps(report, indent=1)
     )
+    (BENCH / "results" / "profiles" / f"mem-{args.app}.md").write_text(text)
 
 
 if __name__ == "__main__":
