@@ -1022,6 +1022,12 @@ class _ChainedReply(_Reply):
         super().consume(response)
 
 
+def _reply_deadline(conn: BaseConnection) -> float:
+    """When a reply to a command written now is overdue (``_Link.expire``), on :func:`time.monotonic`."""
+    timeout = conn._stream_timeout
+    return math.inf if timeout is None else time.monotonic() + timeout
+
+
 def _nothing() -> None:
     """A reply's ``wake`` until its caller waits."""
 
@@ -1184,7 +1190,7 @@ class _Link:
             # that completes at once needs no lock; one that does not takes it.
             await ll.checkpoint_if_cancelled()
         timeout = conn._stream_timeout
-        deadline = math.inf if timeout is None else time.monotonic() + timeout
+        deadline = _reply_deadline(conn)
         chain = None if then is None else _Chain(self, then)
         reply = _Reply(deadline) if chain is None else _ChainedReply(deadline, chain)
         try:
@@ -1278,10 +1284,7 @@ class _Link:
             sent = sock.send(data)
         except OSError:  # BlockingIOError: nothing written; others: call() reports them
             return False
-        timeout = conn._stream_timeout
-        reply = _ChainedReply(
-            math.inf if timeout is None else time.monotonic() + timeout, prev.chain
-        )
+        reply = _ChainedReply(_reply_deadline(conn), prev.chain)
         reply.wake = prev.wake
         conn._requests.append(reply)  # type: ignore[arg-type]
         if sent < len(data):
@@ -1656,9 +1659,10 @@ class RedisChannelLayer(BaseChannelLayer):
         key = f"{self.prefix}:{{g:{group}}}"
         return key, key + ":cap"
 
-    def _shard_for(self, channel: str) -> _Shard:
+    def _shard_for(self, channel: str, owner: str | None = None) -> _Shard:
+        """The host of ``channel``; ``owner``: the process of a ``!`` channel, if known."""
         if "!" in channel:
-            return self._shards[self._ring.lookup(_inbox_id(channel))]
+            return self._shards[self._ring.lookup(owner or _inbox_id(channel))]
         return self._shards[self._ring.lookup(channel)]
 
     def _server_now_ms(self) -> float:
@@ -2083,7 +2087,7 @@ class RedisChannelLayer(BaseChannelLayer):
             self._put_local(channel, plain)
             return
         body = self._encode(self.require_valid_message(message))
-        shard = self._shards[self._ring.lookup(channel if owner is None else owner)]
+        shard = self._shard_for(channel, owner)
         item = self._pending(channel, body, owner)
         if not shard.queue and not shard.in_flight:
             # Nothing else is being sent: go straight to Redis, no batcher hop.
@@ -2266,10 +2270,8 @@ class RedisChannelLayer(BaseChannelLayer):
                 item = self._pop_live(items, now)
                 if item is not None:
                     local.last_active = now
-                    if local.flagged and len(items) <= local.capacity // 2:
-                        local.flagged = False
-                        self._flag_changes[channel] = False
-                        self._wake()
+                    if local.flagged:
+                        self._check_drained(local)
                     await ll.cancel_shielded_checkpoint()
                     return item.message
             local.waiting += 1
@@ -2278,10 +2280,8 @@ class RedisChannelLayer(BaseChannelLayer):
             finally:
                 local.waiting -= 1
                 local.last_active = self._now()
-            if local.flagged and len(local.queue.items) <= local.capacity // 2:
-                local.flagged = False
-                self._flag_changes[channel] = False
-                self._wake()
+            if local.flagged:
+                self._check_drained(local)
             return item.message
         wc = self._worker(channel)
         item = await self._take_worker(wc)
@@ -2771,6 +2771,13 @@ class RedisChannelLayer(BaseChannelLayer):
                 local.capacity,
             )
         self._check_full(local)
+
+    def _check_drained(self, local: _LocalChannel) -> None:
+        """Unmark ``local`` in Redis once its buffer is down to half (see ``_check_full``)."""
+        if local.flagged and len(local.queue.items) <= local.capacity // 2:
+            local.flagged = False
+            self._flag_changes[local.name] = False
+            self._wake()
 
     def _check_full(self, local: _LocalChannel) -> None:
         """Mark ``local`` full in Redis once its buffer is full (see the class docstring)."""
